@@ -1,0 +1,1 @@
+"""fetch-etl: SQS login events -> pseudonymised rows in PostgreSQL, as Dagster assets."""

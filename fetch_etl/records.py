@@ -1,0 +1,149 @@
+"""Parsing and validating login message bodies: pure functions, no I/O, no Dagster.
+
+A body either becomes a `LoginEvent` (still holding the clear IP and device id, which only ever
+live in memory) or a `Rejection` whose reason never quotes a field value, so reasons can be stored
+and logged safely.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+USER_ID_MAX = 128
+DEVICE_TYPE_MAX = 32
+LOCALE_MAX = 32
+APP_VERSION_RAW_MAX = 64
+_REQUIRED = ("user_id", "device_type", "ip", "device_id", "app_version")
+_LIMITS = {"user_id": USER_ID_MAX, "device_type": DEVICE_TYPE_MAX}
+_VERSION_RE = re.compile(r"\A(\d{1,3})(?:\.(\d{1,3}))?(?:\.(\d{1,3}))?\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class LoginEvent:
+    """A valid login as it arrived; `ip` and `device_id` are clear text, never persisted."""
+
+    user_id: str
+    device_type: str
+    ip: str
+    device_id: str
+    locale: str | None
+    app_version: int
+    app_version_raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a body cannot be loaded. `code` groups rejections; `reason` is for people."""
+
+    code: str
+    reason: str
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def encode_app_version(raw: str) -> int | None:
+    """`major.minor.patch` as major*1e6 + minor*1e3 + patch; None when not 1-3 integers of 0-999.
+
+    Unlike dropping the dots, distinct versions never collide: "0.2.6", "0.26" and "2.6" differ.
+    """
+    match = _VERSION_RE.match(raw)
+    if match is None:
+        return None
+    major, minor, patch = (int(part) if part else 0 for part in match.groups())
+    return major * 1_000_000 + minor * 1_000 + patch
+
+
+def _text_problem(value: str) -> str | None:
+    """Postgres text holds neither NUL nor lone surrogates; say which, without the value."""
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (lone surrogate)"
+    return None
+
+
+def parse_login(body: str) -> LoginEvent | Rejection:
+    """Validate one message body against the login contract; never raises."""
+    try:
+        data = json.loads(body, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as dup:
+        return Rejection("duplicate_key", f"the JSON object repeats the key {str(dup)[:40]!r}")
+    except (ValueError, RecursionError):
+        return Rejection("invalid_json", "the body is not valid JSON")
+    if not isinstance(data, dict):
+        return Rejection("not_an_object", f"the body is JSON {type(data).__name__}, not an object")
+    if not any(key in data for key in _REQUIRED):
+        return Rejection("not_a_login", "the object has none of the login fields")
+
+    fields: dict[str, str] = {}
+    for key in _REQUIRED:
+        value = data.get(key)
+        if value is None:
+            return Rejection(f"missing_{key}", f"required field {key!r} is missing or null")
+        if not isinstance(value, str):
+            return Rejection(f"invalid_{key}", f"field {key!r} must be a string, got {_json_type(value)}")
+        if not value.strip():
+            return Rejection(f"missing_{key}", f"required field {key!r} is empty")
+        if problem := _text_problem(value):
+            return Rejection(f"invalid_{key}", f"field {key!r} {problem}")
+        limit = _LIMITS.get(key)
+        if limit is not None and len(value) > limit:
+            return Rejection(f"too_long_{key}", f"field {key!r} is longer than {limit} characters")
+        fields[key] = value
+
+    locale = data.get("locale")
+    if locale is not None:
+        if not isinstance(locale, str):
+            return Rejection("invalid_locale", f"field 'locale' must be a string, got {_json_type(locale)}")
+        if problem := _text_problem(locale):
+            return Rejection("invalid_locale", f"field 'locale' {problem}")
+        if len(locale) > LOCALE_MAX:
+            return Rejection("too_long_locale", f"field 'locale' is longer than {LOCALE_MAX} characters")
+
+    raw_version = fields["app_version"]
+    version = encode_app_version(raw_version) if len(raw_version) <= APP_VERSION_RAW_MAX else None
+    if version is None:
+        return Rejection(
+            "invalid_app_version", "field 'app_version' is not 1-3 dot-separated integers of 0-999"
+        )
+    return LoginEvent(
+        user_id=fields["user_id"],
+        device_type=fields["device_type"],
+        ip=fields["ip"],
+        device_id=fields["device_id"],
+        locale=locale,
+        app_version=version,
+        app_version_raw=raw_version,
+    )
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def sent_date(sent_timestamp_ms: str | int | None) -> date | None:
+    """The UTC calendar date of SQS's `SentTimestamp` (epoch milliseconds)."""
+    if sent_timestamp_ms is None:
+        return None
+    try:
+        return datetime.fromtimestamp(int(sent_timestamp_ms) / 1000, tz=UTC).date()
+    except (ValueError, OverflowError, OSError):
+        return None

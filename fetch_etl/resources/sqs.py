@@ -1,0 +1,324 @@
+"""The SQS side of the pipeline: receive a run's batch, dead-letter rejects, delete what was committed.
+
+Built on dagster-aws's boto3 configuration base (region, endpoint, credentials, retries), since
+dagster-aws ships no SQS resource. Every failure to reach the queue surfaces as one `QueueError`
+sentence naming the endpoint and queue, never a botocore traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from dagster_aws.utils import ResourceWithBoto3Configuration
+from pydantic import Field, PrivateAttr
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_URL = "http://localhost:4566/000000000000/login-queue"
+MAX_BATCH = 10  # SQS's limit per receive, send and delete call
+MAX_BATCH_BYTES = 250 * 1024  # SQS caps a send batch at 256 KiB of payload; keep headroom for attributes
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "localstack"}
+
+
+class QueueError(RuntimeError):
+    """The queue could not be used; the message is one sentence that says what was tried."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMessage:
+    """One received message; `body` may hold clear PII and lives only in memory."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    sent_timestamp: str | None
+    receive_count: int
+
+    def __repr__(self) -> str:  # keep bodies out of logs and tracebacks
+        return f"QueueMessage(message_id={self.message_id!r}, receive_count={self.receive_count})"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    visible: int
+    in_flight: int
+    delayed: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected message to forward unchanged, with why, to the dead-letter queue."""
+
+    message: QueueMessage
+    reason_code: str
+    reason: str
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or ""
+
+
+class SqsResource(ResourceWithBoto3Configuration):
+    """An SQS queue of login events and its dead-letter queue."""
+
+    queue_url: str = Field(default=DEFAULT_QUEUE_URL, description="URL of the source queue (SQS_QUEUE_URL).")
+    dlq_url: str | None = Field(
+        default=None,
+        description="Dead-letter queue URL (SQS_DLQ_URL); default: queue name + '-dlq', created if absent.",
+    )
+    visibility_timeout: int = Field(
+        default=900, description="Seconds received messages stay invisible; must cover a run."
+    )
+    max_messages_per_run: int = Field(default=10_000, description="Upper bound on messages one run takes.")
+    wait_time_seconds: int = Field(
+        default=1, description="Long-poll wait; an empty long poll means the queue is drained."
+    )
+    delete_threads: int = Field(default=4, description="Parallel DeleteMessageBatch calls.")
+
+    _client: Any = PrivateAttr(default=None)
+
+    # --- connection -------------------------------------------------------------------------
+
+    def effective_endpoint(self) -> str | None:
+        """Explicit endpoint, else boto3's AWS_ENDPOINT_URL, else the queue URL's host when not AWS."""
+        if self.endpoint_url:
+            return self.endpoint_url
+        env = os.environ.get("AWS_ENDPOINT_URL_SQS") or os.environ.get("AWS_ENDPOINT_URL")
+        if env:
+            return env
+        parts = urlsplit(self.queue_url)
+        if parts.hostname and not parts.hostname.endswith("amazonaws.com"):
+            return f"{parts.scheme}://{parts.netloc}"
+        return None
+
+    def client(self) -> Any:
+        """A thread-safe boto3 SQS client, built once per resource instance."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        session = boto3.session.Session(profile_name=self.profile_name)
+        endpoint = self.effective_endpoint()
+        credentials: dict[str, str | None] = {
+            "aws_access_key_id": self.aws_access_key_id,
+            "aws_secret_access_key": self.aws_secret_access_key,
+            "aws_session_token": self.aws_session_token,
+        }
+        if endpoint and _host(endpoint) in _LOOPBACK_HOSTS and session.get_credentials() is None:
+            # Local emulators accept any credentials; a fresh laptop has none configured.
+            credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+        config = Config(
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            max_pool_connections=max(10, self.delete_threads * 2),
+            connect_timeout=5,
+            read_timeout=max(30, self.wait_time_seconds + 10),
+        )
+        return session.client(
+            "sqs",
+            region_name=self.region_name or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            endpoint_url=endpoint,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            config=config,
+            **{k: v for k, v in credentials.items() if v},
+        )
+
+    def describe(self) -> str:
+        return f"queue {self.queue_url} at endpoint {self.effective_endpoint() or 'AWS default'}"
+
+    def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """Run one SQS call; turn every failure into a one-sentence QueueError."""
+        try:
+            return fn(**kwargs)
+        except NoCredentialsError:
+            raise QueueError(
+                f"cannot {what} on {self.describe()}: no AWS credentials "
+                "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            ) from None
+        except ClientError as err:
+            error = err.response.get("Error", {})
+            code = error.get("Code", "error")
+            message = str(error.get("Message") or "").split("\n")[0][:200]
+            raise QueueError(f"cannot {what} on {self.describe()}: {code} {message}".rstrip()) from None
+        except BotoCoreError as err:
+            raise QueueError(f"cannot {what} on {self.describe()}: {str(err)[:300]}") from None
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def depth(self, queue_url: str | None = None) -> QueueDepth:
+        """Approximate counts of visible, in-flight and delayed messages."""
+        response = self._call(
+            "read the queue depth",
+            self.client().get_queue_attributes,
+            QueueUrl=queue_url or self.queue_url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )
+        attrs = response.get("Attributes", {})
+        return QueueDepth(
+            visible=int(attrs.get("ApproximateNumberOfMessages", 0)),
+            in_flight=int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            delayed=int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+        )
+
+    def receive(
+        self, limit: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> list[QueueMessage]:
+        """Receive up to `limit` messages, stopping when a long poll comes back empty.
+
+        A message received twice in one run (its visibility expired) keeps only its newest receipt
+        handle, so each MessageId is handled once per run.
+        """
+        limit = self.max_messages_per_run if limit is None else limit
+        received: dict[str, QueueMessage] = {}
+        client = self.client()
+        last_report = time.monotonic()
+        while len(received) < limit:
+            response = self._call(
+                "receive messages",
+                client.receive_message,
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=min(MAX_BATCH, limit - len(received)),
+                WaitTimeSeconds=self.wait_time_seconds,
+                VisibilityTimeout=self.visibility_timeout,
+                MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
+            )
+            batch = response.get("Messages", [])
+            if not batch:
+                break
+            for raw in batch:
+                attrs = raw.get("Attributes", {})
+                received[raw["MessageId"]] = QueueMessage(
+                    message_id=raw["MessageId"],
+                    receipt_handle=raw["ReceiptHandle"],
+                    body=raw.get("Body", ""),
+                    sent_timestamp=attrs.get("SentTimestamp"),
+                    receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
+                )
+            if progress is not None and time.monotonic() - last_report >= 5:
+                progress(len(received))
+                last_report = time.monotonic()
+        return list(received.values())
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def delete(self, messages: Sequence[QueueMessage]) -> list[str]:
+        """Delete messages in batches of ten, in parallel; returns the MessageIds that failed."""
+        client = self.client()
+
+        def delete_batch(batch: Sequence[QueueMessage]) -> list[str]:
+            response = self._call(
+                "delete messages",
+                client.delete_message_batch,
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(batch)],
+            )
+            return [batch[int(f["Id"])].message_id for f in response.get("Failed", [])]
+
+        batches = list(_chunks(messages, MAX_BATCH))
+        if len(batches) <= 1:
+            return [mid for batch in batches for mid in delete_batch(batch)]
+        with ThreadPoolExecutor(max_workers=self.delete_threads, thread_name_prefix="sqs-delete") as pool:
+            return [mid for failed in pool.map(delete_batch, batches) for mid in failed]
+
+    def resolved_dlq_url(self) -> str:
+        """SQS_DLQ_URL, or the queue's own name + '-dlq' beside it (created if absent)."""
+        if self.dlq_url:
+            return self.dlq_url
+        name = self.queue_url.rstrip("/").rsplit("/", 1)[-1] + "-dlq"
+        response = self._call("create the dead-letter queue", self.client().create_queue, QueueName=name)
+        return response["QueueUrl"]
+
+    def dead_letter(self, letters: Sequence[DeadLetter]) -> list[str]:
+        """Forward rejected bodies unchanged, with reason and original MessageId as attributes.
+
+        Returns the MessageIds that reached the dead-letter queue; only those may be deleted.
+        """
+        if not letters:
+            return []
+        dlq_url = self.resolved_dlq_url()
+        forwarded: list[str] = []
+        for batch in _batches_by_size(letters, lambda letter: len(letter.message.body.encode())):
+            entries = [
+                {
+                    "Id": str(i),
+                    "MessageBody": letter.message.body,
+                    "MessageAttributes": {
+                        "reason": {"DataType": "String", "StringValue": letter.reason},
+                        "reason_code": {"DataType": "String", "StringValue": letter.reason_code},
+                        "original_message_id": {
+                            "DataType": "String",
+                            "StringValue": letter.message.message_id,
+                        },
+                    },
+                }
+                for i, letter in enumerate(batch)
+            ]
+            response = self._call(
+                "forward rejects to the dead-letter queue",
+                self.client().send_message_batch,
+                QueueUrl=dlq_url,
+                Entries=entries,
+            )
+            forwarded += [batch[int(ok["Id"])].message.message_id for ok in response.get("Successful", [])]
+            for failure in response.get("Failed", []):
+                log.warning(
+                    "dead-letter queue refused message %s: %s",
+                    batch[int(failure["Id"])].message.message_id,
+                    failure.get("Code"),
+                )
+        return forwarded
+
+    def send_bodies(self, bodies: Iterable[str], threads: int = 4) -> int:
+        """Send message bodies to the source queue (seeding, demos); returns how many were sent."""
+        client = self.client()
+
+        def send(batch: Sequence[str]) -> int:
+            response = self._call(
+                "send messages",
+                client.send_message_batch,
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(batch)],
+            )
+            if response.get("Failed"):
+                codes = sorted({f.get("Code", "error") for f in response["Failed"]})
+                raise QueueError(f"cannot send messages on {self.describe()}: {', '.join(codes)}")
+            return len(batch)
+
+        batches = list(_batches_by_size(list(bodies), lambda body: len(body.encode())))
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqs-send") as pool:
+            return sum(pool.map(send, batches))
+
+
+def _batches_by_size(items: Sequence[Any], size_of: Callable[[Any], int]) -> Iterator[list[Any]]:
+    """Batches of at most ten items and MAX_BATCH_BYTES of payload (a lone large item goes alone)."""
+    batch: list[Any] = []
+    total = 0
+    for item in items:
+        size = size_of(item)
+        if batch and (len(batch) == MAX_BATCH or total + size > MAX_BATCH_BYTES):
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += size
+    if batch:
+        yield batch

@@ -1,0 +1,171 @@
+"""The Postgres side: schema migration and the one-transaction idempotent load.
+
+`user_logins` may already exist exactly as the reference image creates it; we only add what the
+pipeline needs (idempotency key, raw version, load time, key id) and never change existing columns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import psycopg
+import psycopg.sql
+
+# The reference DDL, verbatim: created only when the table is missing.
+USER_LOGINS_DDL = """
+CREATE TABLE IF NOT EXISTS user_logins(
+    user_id             varchar(128),
+    device_type         varchar(32),
+    masked_ip           varchar(256),
+    masked_device_id    varchar(256),
+    locale              varchar(32),
+    app_version         integer,
+    create_date         date
+)"""
+
+MIGRATION: tuple[str, ...] = (
+    USER_LOGINS_DDL,
+    "ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS message_id text",
+    "ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS app_version_raw text",
+    "ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS loaded_at timestamptz",
+    "ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS mask_key_id text",
+    "CREATE UNIQUE INDEX IF NOT EXISTS user_logins_message_id_key ON user_logins (message_id)",
+    """
+    CREATE TABLE IF NOT EXISTS user_logins_rejected(
+        message_id        text PRIMARY KEY,
+        reason_code       text NOT NULL,
+        reason            text NOT NULL,
+        received_at       timestamptz NOT NULL,
+        dead_lettered_at  timestamptz
+    )""",
+)
+
+# One lock id for every fetch-etl migration, so concurrent runs never race on DDL.
+_MIGRATION_LOCK = 0x0FE7C4E71
+
+LOGIN_COLUMNS: tuple[str, ...] = (
+    "message_id",
+    "user_id",
+    "device_type",
+    "masked_ip",
+    "masked_device_id",
+    "locale",
+    "app_version",
+    "app_version_raw",
+    "create_date",
+    "mask_key_id",
+)
+REJECT_COLUMNS: tuple[str, ...] = ("message_id", "reason_code", "reason", "received_at")
+
+_STAGE_DDL = """
+CREATE TEMP TABLE fetch_etl_stage (
+    message_id text, user_id varchar(128), device_type varchar(32), masked_ip varchar(256),
+    masked_device_id varchar(256), locale varchar(32), app_version integer, app_version_raw text,
+    create_date date, mask_key_id text
+) ON COMMIT DROP"""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one load transaction did."""
+
+    staged: int
+    inserted: int
+    rejects_recorded: int
+    # Rejected MessageIds of this batch not yet in the dead-letter queue / already there.
+    to_dead_letter: list[str] = field(default_factory=list)
+    already_dead_lettered: list[str] = field(default_factory=list)
+
+    @property
+    def already_present(self) -> int:
+        return self.staged - self.inserted
+
+
+def migrate(conn: psycopg.Connection) -> None:
+    """Create or extend the tables; safe to run concurrently and repeatedly."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        for statement in MIGRATION:
+            cur.execute(statement)
+
+
+def _clean(value: Any) -> Any:
+    """pandas missing values (NaN, NA, NaT) as SQL NULL."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _rows(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    # tolist() turns numpy scalars into Python ones, which psycopg adapts.
+    values = [[_clean(v) for v in frame[column].tolist()] for column in columns]
+    return list(zip(*values, strict=True))
+
+
+def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataFrame) -> LoadResult:
+    """In ONE transaction: COPY logins to a temp table, insert the new ones, record rejects."""
+    reject_ids = rejects["message_id"].tolist() if len(rejects) else []
+    with conn.transaction(), conn.cursor() as cur:
+        inserted = 0
+        if len(logins):
+            cur.execute(_STAGE_DDL)
+            with cur.copy(f"COPY fetch_etl_stage ({', '.join(LOGIN_COLUMNS)}) FROM STDIN") as copy:
+                for row in _rows(logins, LOGIN_COLUMNS):
+                    copy.write_row(row)
+            columns = ", ".join(LOGIN_COLUMNS)
+            cur.execute(
+                f"INSERT INTO user_logins ({columns}, loaded_at) "
+                f"SELECT DISTINCT ON (message_id) {columns}, now() FROM fetch_etl_stage "
+                "ON CONFLICT (message_id) DO NOTHING"
+            )
+            inserted = cur.rowcount
+        recorded = 0
+        to_dead_letter: list[str] = []
+        already: list[str] = []
+        if reject_ids:
+            cur.executemany(
+                f"INSERT INTO user_logins_rejected ({', '.join(REJECT_COLUMNS)}) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING",
+                _rows(rejects, REJECT_COLUMNS),
+            )
+            recorded = max(cur.rowcount, 0)
+            cur.execute(
+                "SELECT message_id, dead_lettered_at IS NOT NULL FROM user_logins_rejected "
+                "WHERE message_id = ANY(%s)",
+                (reject_ids,),
+            )
+            for message_id, done in cur.fetchall():
+                (already if done else to_dead_letter).append(message_id)
+    return LoadResult(
+        staged=len(logins),
+        inserted=inserted,
+        rejects_recorded=recorded,
+        to_dead_letter=to_dead_letter,
+        already_dead_lettered=already,
+    )
+
+
+def mark_dead_lettered(conn: psycopg.Connection, message_ids: Sequence[str]) -> None:
+    """Remember which rejects reached the DLQ, so a rerun does not forward them twice."""
+    if not message_ids:
+        return
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "UPDATE user_logins_rejected SET dead_lettered_at = now() "
+            "WHERE message_id = ANY(%s) AND dead_lettered_at IS NULL",
+            (list(message_ids),),
+        )
+
+
+def table_row_count(conn: psycopg.Connection, table: str = "user_logins") -> int:
+    """Rows in a fetch-etl table (for dagster/row_count)."""
+    with conn.cursor() as cur:
+        cur.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier(table)))
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
