@@ -58,8 +58,11 @@ def parse_key(text: str) -> bytes:
     cleaned = "".join(text.split())
     if not cleaned:
         raise MaskingKeyError("the masking key is empty")
-    key: bytes | None = None
-    if _HEX_RE.match(cleaned) and len(cleaned) % 2 == 0:
+    if cleaned[:2].lower() == "0x":
+        raise MaskingKeyError("write the masking key as plain hex digits, without a 0x prefix")
+    if _HEX_RE.match(cleaned):
+        if len(cleaned) % 2:
+            raise MaskingKeyError("the masking key looks like hex but has an odd number of digits")
         key = bytes.fromhex(cleaned)
     else:
         try:
@@ -82,7 +85,11 @@ def load_key(key: str | None, key_file: str | None) -> bytes:
     if key_file:
         path = Path(key_file)
         try:
-            return parse_key(path.read_text())
+            return parse_key(path.read_text(encoding="ascii"))
+        except UnicodeDecodeError:
+            raise MaskingKeyError(
+                f"the masking key file {path} is binary; it must hold the key as hex or base64 text"
+            ) from None
         except OSError as err:
             raise MaskingKeyError(
                 f"cannot read the masking key file {path} named by PII_MASKING_KEY_FILE ({err.strerror})"

@@ -19,7 +19,7 @@ LOCALE_MAX = 32
 APP_VERSION_RAW_MAX = 64
 _REQUIRED = ("user_id", "device_type", "ip", "device_id", "app_version")
 _LIMITS = {"user_id": USER_ID_MAX, "device_type": DEVICE_TYPE_MAX}
-_VERSION_RE = re.compile(r"\A(\d{1,3})(?:\.(\d{1,3}))?(?:\.(\d{1,3}))?\Z")
+_VERSION_RE = re.compile(r"\A([0-9]{1,3})(?:\.([0-9]{1,3}))?(?:\.([0-9]{1,3}))?\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +83,12 @@ def parse_login(body: str) -> LoginEvent | Rejection:
     """Validate one message body against the login contract; never raises."""
     try:
         data = json.loads(body, object_pairs_hook=_no_duplicate_keys)
-    except _DuplicateKey as dup:
-        return Rejection("duplicate_key", f"the JSON object repeats the key {str(dup)[:40]!r}")
+    except _DuplicateKey:  # the key itself is not quoted: a producer may key a map by IP
+        return Rejection("duplicate_key", "a JSON object in the body repeats a key")
     except (ValueError, RecursionError):
         return Rejection("invalid_json", "the body is not valid JSON")
     if not isinstance(data, dict):
-        return Rejection("not_an_object", f"the body is JSON {type(data).__name__}, not an object")
+        return Rejection("not_an_object", f"the body is a JSON {_json_type(data)}, not an object")
     if not any(key in data for key in _REQUIRED):
         return Rejection("not_a_login", "the object has none of the login fields")
 
@@ -120,9 +120,7 @@ def parse_login(body: str) -> LoginEvent | Rejection:
     raw_version = fields["app_version"]
     version = encode_app_version(raw_version) if len(raw_version) <= APP_VERSION_RAW_MAX else None
     if version is None:
-        return Rejection(
-            "invalid_app_version", "field 'app_version' is not 1-3 dot-separated integers of 0-999"
-        )
+        return Rejection("invalid_app_version", "field 'app_version' is not 1-3 dot-separated integers of 0-999")
     return LoginEvent(
         user_id=fields["user_id"],
         device_type=fields["device_type"],
@@ -135,7 +133,9 @@ def parse_login(body: str) -> LoginEvent | Rejection:
 
 
 def _json_type(value: object) -> str:
-    names = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+    names = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object", str: "string"}
+    if value is None:
+        return "null"
     return names.get(type(value), type(value).__name__)
 
 
