@@ -42,6 +42,15 @@ MIGRATION: tuple[str, ...] = (
         received_at       timestamptz NOT NULL,
         dead_lettered_at  timestamptz
     )""",
+    *(
+        f"""
+    CREATE OR REPLACE VIEW user_logins_duplicate_{name} AS
+    SELECT {column} AS token, count(*) AS logins, count(DISTINCT user_id) AS distinct_users,
+           min(create_date) AS first_create_date, max(create_date) AS last_create_date
+    FROM user_logins WHERE {column} IS NOT NULL
+    GROUP BY {column} HAVING count(*) > 1"""
+        for name, column in (("ips", "masked_ip"), ("devices", "masked_device_id"))
+    ),
 )
 
 # One lock id for every fetch-etl migration, so concurrent runs never race on DDL.
@@ -136,8 +145,7 @@ def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataF
             )
             recorded = max(cur.rowcount, 0)
             cur.execute(
-                "SELECT message_id, dead_lettered_at IS NOT NULL FROM user_logins_rejected "
-                "WHERE message_id = ANY(%s)",
+                "SELECT message_id, dead_lettered_at IS NOT NULL FROM user_logins_rejected WHERE message_id = ANY(%s)",
                 (reject_ids,),
             )
             for message_id, done in cur.fetchall():

@@ -1,0 +1,227 @@
+"""`fetch-etl`: the local stack (demo, dev) and the synthetic traffic seeder.
+
+Dagster is imported lazily, after the local stack has put its addresses in the environment, because
+`fetch_etl.definitions` reads the environment when it is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from tabulate import tabulate
+
+from fetch_etl.local_stack import LocalStack, LocalStackError
+from fetch_etl.masking import MaskingKeyError
+from fetch_etl.resources.postgres import PostgresResource, WarehouseError
+from fetch_etl.resources.sqs import QueueError, SqsResource
+from fetch_etl.synthetic import generate_bodies
+
+log = logging.getLogger("fetch_etl")
+CLEAR_ERRORS = (LocalStackError, MaskingKeyError, QueueError, WarehouseError)
+SEED_CHUNK = 1_000
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("botocore", "urllib3", "werkzeug"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group()
+def main() -> None:
+    """fetch-etl: SQS login events -> pseudonymised rows in PostgreSQL, as Dagster assets."""
+    _configure_logging()
+
+
+def seed_queue(sqs: SqsResource, bodies: Sequence[str]) -> int:
+    """Send bodies in chunks, logging progress so long seeds are visibly alive."""
+    sent = 0
+    started = time.perf_counter()
+    for start in range(0, len(bodies), SEED_CHUNK):
+        sent += sqs.send_bodies(bodies[start : start + SEED_CHUNK])
+        if len(bodies) > SEED_CHUNK:
+            log.info(
+                "seeded %d/%d messages (%.0f msg/s)",
+                sent,
+                len(bodies),
+                sent / (time.perf_counter() - started),
+            )
+    return sent
+
+
+@main.command()
+@click.option("--queue-url", required=True, help="Queue to send to (endpoint from AWS_ENDPOINT_URL or the URL).")
+@click.option("--count", type=click.IntRange(min=1), help="Send N synthetic logins of the real shape.")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSONL bodies.")
+@click.option("--seed", type=int, default=None, help="Random seed for reproducible synthetic traffic.")
+@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.01, show_default=True)
+def seed(queue_url: str, count: int | None, file: Path | None, seed: int | None, malformed_rate: float) -> None:
+    """Send synthetic logins (--count) or a file of message bodies, one per line (--file)."""
+    if (count is None) == (file is None):
+        raise click.UsageError("give exactly one of --count N or --file bodies.jsonl")
+    if file is not None:
+        bodies = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        bodies = generate_bodies(count or 0, seed=seed, malformed_rate=malformed_rate)
+    try:
+        sent = seed_queue(SqsResource(queue_url=queue_url), bodies)
+    except QueueError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"sent {sent} messages to {queue_url}")
+
+
+def _failure_message(result: Any) -> str:
+    """The innermost error message of a failed in-process run: our own one-sentence errors."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error is not None:
+            error = event.step_failure_data.error
+            while error.cause is not None:
+                error = error.cause
+            return error.message.strip().split("\n")[0]
+    return "the run failed; see the Dagster event log"
+
+
+def materialize_once() -> dict[str, dict[str, Any]]:
+    """Materialize the three assets through Dagster, on the instance in DAGSTER_HOME."""
+    from dagster import DagsterInstance
+
+    from fetch_etl.definitions import defs
+
+    job = defs.resolve_job_def("ingest_logins")
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    with DagsterInstance.get() as instance:
+        result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    if not result.success:
+        raise click.ClickException(_failure_message(result))
+    metadata: dict[str, dict[str, Any]] = {}
+    for node in ("raw_login_messages", "masked_logins", "user_logins"):
+        for materialization in result.asset_materializations_for_node(node):
+            metadata[node] = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    return metadata
+
+
+def _warehouse_summary(database_url: str) -> dict[str, int]:
+    queries = {
+        "rows in user_logins": "SELECT count(*) FROM user_logins",
+        "rows in user_logins_rejected": "SELECT count(*) FROM user_logins_rejected",
+        "IP tokens seen more than once": "SELECT count(*) FROM user_logins_duplicate_ips",
+        "device tokens seen more than once": "SELECT count(*) FROM user_logins_duplicate_devices",
+    }
+    with PostgresResource(database_url=database_url).connect() as conn:
+        return {label: conn.execute(sql).fetchone()[0] for label, sql in queries.items()}
+
+
+def print_summary(metadata: dict[str, dict[str, Any]], stack: LocalStack) -> None:
+    load = metadata.get("user_logins", {})
+    rows: list[tuple[str, Any]] = [
+        ("received", load.get("received", 0)),
+        ("loaded", load.get("loaded", 0)),
+        ("already present (duplicates skipped)", load.get("already_present", 0)),
+        ("rejected", load.get("rejected", 0)),
+    ]
+    rows += [(f"  rejected: {reason}", n) for reason, n in sorted((load.get("rejected_by_reason") or {}).items())]
+    rows += [
+        ("dead-lettered", load.get("dead_lettered", 0)),
+        ("messages/s (load step)", f"{load.get('messages_per_second', 0):,.0f}"),
+    ]
+    rows += list(_warehouse_summary(stack.database_url).items())
+    sqs = SqsResource(queue_url=stack.queue_url)
+    rows += [
+        ("left in login-queue", sqs.depth().visible),
+        ("messages in the dead-letter queue", sqs.depth(stack.dlq_url).visible),
+    ]
+    click.echo(tabulate(rows, headers=["fetch-etl demo", "count"], tablefmt="github"))
+
+
+def _start_stack(state_dir: Path) -> LocalStack:
+    stack = LocalStack(state_dir=state_dir).start()
+    os.environ.update(stack.env())
+    if stack.dev_key_created:
+        log.info("created a development masking key at %s (mode 0600); keep it to compare tokens", stack.key_file)
+    else:
+        log.info("using the development masking key at %s", stack.key_file)
+    return stack
+
+
+STATE_DIR = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".fetch_etl"),
+    show_default=True,
+    help="Where the local stack keeps its data, key and Dagster home.",
+)
+
+
+@main.command()
+@click.option("--messages", type=click.IntRange(min=0), default=300, show_default=True)
+@click.option("--seed", "seed_value", type=int, default=None, help="Random seed for the synthetic traffic.")
+@STATE_DIR
+def demo(messages: int, seed_value: int | None, state_dir: Path) -> None:
+    """Start real local Postgres and SQS, seed synthetic logins, materialize once, print a summary."""
+    try:
+        with _start_stack(state_dir) as stack:
+            sent = seed_queue(SqsResource(queue_url=stack.queue_url), generate_bodies(messages, seed=seed_value))
+            log.info("seeded %d synthetic logins into %s", sent, stack.queue_url)
+            metadata = materialize_once()
+            print_summary(metadata, stack)
+    except CLEAR_ERRORS as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _produce(queue_url: str, rate: float, stop: threading.Event) -> None:
+    """Keep sending synthetic logins at about `rate` per second, so the sensor keeps firing."""
+    sqs = SqsResource(queue_url=queue_url)
+    batch = max(1, min(100, int(rate)))
+    while not stop.wait(batch / rate):
+        try:
+            sqs.send_bodies(generate_bodies(batch))
+        except QueueError as err:
+            log.warning("producer: %s", err)
+
+
+@main.command()
+@click.option("--produce-rate", type=click.FloatRange(min=0), default=0, help="Synthetic logins per second.")
+@click.option("--messages", type=click.IntRange(min=0), default=100, show_default=True, help="Seeded at start.")
+@click.option("--port", type=int, default=3000, show_default=True, help="Dagster UI port on 127.0.0.1.")
+@STATE_DIR
+def dev(produce_rate: float, messages: int, port: int, state_dir: Path) -> None:
+    """The local stack kept running under `dagster dev`, with the sensor draining the queue."""
+    stop = threading.Event()
+    try:
+        with _start_stack(state_dir) as stack:
+            if messages:
+                seed_queue(SqsResource(queue_url=stack.queue_url), generate_bodies(messages))
+            if produce_rate > 0:
+                threading.Thread(target=_produce, args=(stack.queue_url, produce_rate, stop), daemon=True).start()
+            workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+            command = ["dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
+            log.info("Dagster UI on http://127.0.0.1:%d (Ctrl-C stops everything)", port)
+            process = subprocess.Popen(command, env=os.environ.copy(), start_new_session=True)
+            try:
+                process.wait()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                stop.set()
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGINT)
+                    try:
+                        process.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(process.pid, signal.SIGKILL)
+    except CLEAR_ERRORS as err:
+        raise click.ClickException(str(err)) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
