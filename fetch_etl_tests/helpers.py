@@ -1,0 +1,114 @@
+"""Shared test helpers: build the real resources against the test servers and run the assets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from dagster import DagsterInstance, ExecuteInProcessResult, materialize
+
+from fetch_etl.assets import masked_logins, raw_login_messages, user_logins
+from fetch_etl.io_managers import batch_io_manager
+from fetch_etl.local_stack import QueueUrls
+from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
+
+TEST_KEY_HEX = "0f" * 32
+ASSETS = [raw_login_messages, masked_logins, user_logins]
+
+
+def sqs_resource(endpoint: str, queues: QueueUrls, **overrides: Any) -> SqsResource:
+    settings: dict[str, Any] = {
+        "queue_url": queues.queue_url,
+        "dlq_url": queues.dlq_url,
+        "endpoint_url": endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+        "wait_time_seconds": 0,
+        "visibility_timeout": 30,
+    }
+    settings.update(overrides)
+    return SqsResource(**settings)
+
+
+def resources(
+    endpoint: str, queues: QueueUrls, database_url: str, *, sqs: SqsResource | None = None, key: str = TEST_KEY_HEX
+) -> dict[str, Any]:
+    return {
+        "sqs": sqs or sqs_resource(endpoint, queues),
+        "postgres": PostgresResource(database_url=database_url),
+        "pii_masking": PiiMaskingResource(key=key),
+        "batch_io_manager": batch_io_manager,
+    }
+
+
+def run_pipeline(
+    res: dict[str, Any], instance: DagsterInstance | None = None, raise_on_error: bool = True
+) -> ExecuteInProcessResult:
+    return materialize(ASSETS, resources=res, instance=instance, raise_on_error=raise_on_error)
+
+
+def metadata(result: ExecuteInProcessResult, node: str = "user_logins") -> dict[str, Any]:
+    (event,) = result.asset_materializations_for_node(node)
+    return {key: getattr(value, "value", value) for key, value in event.metadata.items()}
+
+
+def send(sqs_client: Any, queue_url: str, bodies: Sequence[str]) -> list[str]:
+    """Send bodies; returns their MessageIds in order."""
+    ids: list[str] = []
+    for start in range(0, len(bodies), 10):
+        chunk = bodies[start : start + 10]
+        response = sqs_client.send_message_batch(
+            QueueUrl=queue_url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)]
+        )
+        assert not response.get("Failed"), response.get("Failed")
+        by_entry = {int(ok["Id"]): ok["MessageId"] for ok in response["Successful"]}
+        ids += [by_entry[i] for i in range(len(chunk))]
+    return ids
+
+
+def queue_counts(sqs_client: Any, queue_url: str) -> tuple[int, int]:
+    """(visible, in flight) for a queue."""
+    attrs = sqs_client.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def drain(sqs_client: Any, queue_url: str) -> list[dict[str, Any]]:
+    """Receive everything on a queue (with message attributes), deleting nothing."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        batch = sqs_client.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=60
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages += batch
+
+
+def fetch_all(database_url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def execute(database_url: str, sql: str, params: Sequence[Any] = ()) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute(sql, params)
+
+
+def login_body(**fields: Any) -> str:
+    """A valid login body; keyword arguments override or add fields (None values kept as null)."""
+    body: dict[str, Any] = {
+        "user_id": "424cdd21-063a-43a7-b91b-7ca1a833afae",
+        "app_version": "2.3.0",
+        "device_type": "android",
+        "ip": "199.172.111.135",
+        "locale": "RU",
+        "device_id": "593-47-5928",
+    }
+    body.update(fields)
+    return json.dumps(body)
