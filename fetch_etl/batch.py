@@ -31,9 +31,7 @@ class MaskStats:
     unparsed_ips: int
 
 
-def mask_messages(
-    messages: Sequence[QueueMessage], masker: Masker, now: datetime | None = None
-) -> pd.DataFrame:
+def mask_messages(messages: Sequence[QueueMessage], masker: Masker, now: datetime | None = None) -> pd.DataFrame:
     """Parse, validate and mask every message into one frame (see BATCH_COLUMNS)."""
     received_at = now or datetime.now(UTC)
     parsed: list[LoginEvent | Rejection] = [parse_login(m.body) for m in messages]
@@ -47,9 +45,7 @@ def mask_messages(
             "user_id": pd.Series([e.user_id for _, e in valid], dtype=object),
             "device_type": pd.Series([e.device_type for _, e in valid], dtype=object),
             "masked_ip": pd.Series(ips.tokens, dtype=object),
-            "masked_device_id": pd.Series(
-                mask_device_ids(masker, (e.device_id for _, e in valid)), dtype=object
-            ),
+            "masked_device_id": pd.Series(mask_device_ids(masker, (e.device_id for _, e in valid)), dtype=object),
             "locale": pd.Series([e.locale for _, e in valid], dtype=object),
             "app_version": pd.Series([e.app_version for _, e in valid], dtype="Int64"),
             "app_version_raw": pd.Series([e.app_version_raw for _, e in valid], dtype=object),
@@ -67,9 +63,7 @@ def mask_messages(
         }
     )
     frame = pd.concat([logins, rejects], ignore_index=True) if len(rejects) else logins
-    frame = frame.reindex(columns=list(BATCH_COLUMNS)).astype(
-        {c: object for c in BATCH_COLUMNS if c != "app_version"}
-    )
+    frame = frame.reindex(columns=list(BATCH_COLUMNS)).astype({c: object for c in BATCH_COLUMNS if c != "app_version"})
     frame["received_at"] = received_at
     frame.attrs["unparsed_ips"] = ips.unparsed
     return frame
@@ -98,7 +92,4 @@ def dead_letters(
 ) -> list[DeadLetter]:
     """The rejected messages to forward, each with its reason."""
     reasons = rejects.set_index("message_id")
-    return [
-        DeadLetter(messages[mid], reasons.at[mid, "reason_code"], reasons.at[mid, "reason"])
-        for mid in message_ids
-    ]
+    return [DeadLetter(messages[mid], reasons.at[mid, "reason_code"], reasons.at[mid, "reason"]) for mid in message_ids]

@@ -180,9 +180,7 @@ class SqsResource(ResourceWithBoto3Configuration):
             delayed=int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
         )
 
-    def receive(
-        self, limit: int | None = None, progress: Callable[[int], None] | None = None
-    ) -> list[QueueMessage]:
+    def receive(self, limit: int | None = None, progress: Callable[[int], None] | None = None) -> list[QueueMessage]:
         """Receive up to `limit` messages, stopping when a long poll comes back empty.
 
         A message received twice in one run (its visibility expired) keeps only its newest receipt
