@@ -189,6 +189,28 @@ def _produce(queue_url: str, rate: float, stop: threading.Event) -> None:
             log.warning("producer: %s", err)
 
 
+def _default_interrupts() -> None:
+    """In the child: Ctrl-C and SIGTERM act normally even if our own parent ignored them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """Interrupt a child's process group, then kill it if it has not exited after 30 s."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @main.command()
 @click.option("--produce-rate", type=click.FloatRange(min=0), default=0, help="Synthetic logins per second.")
 @click.option("--messages", type=click.IntRange(min=0), default=100, show_default=True, help="Seeded at start.")
@@ -196,6 +218,9 @@ def _produce(queue_url: str, rate: float, stop: threading.Event) -> None:
 @STATE_DIR
 def dev(produce_rate: float, messages: int, port: int, state_dir: Path) -> None:
     """The local stack kept running under `dagster dev`, with the sensor draining the queue."""
+    # Stop cleanly (servers stopped by PID) on Ctrl-C and on SIGTERM, even when started in the background.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_exit)
     stop = threading.Event()
     try:
         with _start_stack(state_dir) as stack:
@@ -204,21 +229,27 @@ def dev(produce_rate: float, messages: int, port: int, state_dir: Path) -> None:
             if produce_rate > 0:
                 threading.Thread(target=_produce, args=(stack.queue_url, produce_rate, stop), daemon=True).start()
             workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
-            command = ["dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
+            command = [
+                str(Path(sys.executable).parent / "dagster"),
+                "dev",
+                "-w",
+                str(workspace),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ]
             log.info("Dagster UI on http://127.0.0.1:%d (Ctrl-C stops everything)", port)
-            process = subprocess.Popen(command, env=os.environ.copy(), start_new_session=True)
+            process = subprocess.Popen(
+                command, env=os.environ.copy(), start_new_session=True, preexec_fn=_default_interrupts
+            )
             try:
                 process.wait()
-            except KeyboardInterrupt:
-                pass
+            except (KeyboardInterrupt, SystemExit):
+                log.info("stopping dagster dev and the local stack")
             finally:
                 stop.set()
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGINT)
-                    try:
-                        process.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(process.pid, signal.SIGKILL)
+                _stop_process_group(process)
     except CLEAR_ERRORS as err:
         raise click.ClickException(str(err)) from None
 
