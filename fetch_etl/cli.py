@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ SEED_CHUNK = 1_000
 
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("botocore", "urllib3", "werkzeug"):
+    for noisy in ("alembic", "botocore", "urllib3", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -143,14 +144,16 @@ def print_summary(metadata: dict[str, dict[str, Any]], stack: LocalStack) -> Non
     click.echo(tabulate(rows, headers=["fetch-etl demo", "count"], tablefmt="github"))
 
 
-def _start_stack(state_dir: Path) -> LocalStack:
-    stack = LocalStack(state_dir=state_dir).start()
-    os.environ.update(stack.env())
-    if stack.dev_key_created:
-        log.info("created a development masking key at %s (mode 0600); keep it to compare tokens", stack.key_file)
-    else:
-        log.info("using the development masking key at %s", stack.key_file)
-    return stack
+@contextmanager
+def _local_stack(state_dir: Path) -> Iterator[LocalStack]:
+    """The running local stack, its addresses exported for Dagster; stopped (by PID) on the way out."""
+    with LocalStack(state_dir=state_dir) as stack:
+        os.environ.update(stack.env())
+        if stack.dev_key_created:
+            log.info("created a development masking key at %s (mode 0600); keep it to compare tokens", stack.key_file)
+        else:
+            log.info("using the development masking key at %s", stack.key_file)
+        yield stack
 
 
 STATE_DIR = click.option(
@@ -169,7 +172,7 @@ STATE_DIR = click.option(
 def demo(messages: int, seed_value: int | None, state_dir: Path) -> None:
     """Start real local Postgres and SQS, seed synthetic logins, materialize once, print a summary."""
     try:
-        with _start_stack(state_dir) as stack:
+        with _local_stack(state_dir) as stack:
             sent = seed_queue(SqsResource(queue_url=stack.queue_url), generate_bodies(messages, seed=seed_value))
             log.info("seeded %d synthetic logins into %s", sent, stack.queue_url)
             metadata = materialize_once()
@@ -223,7 +226,7 @@ def dev(produce_rate: float, messages: int, port: int, state_dir: Path) -> None:
     signal.signal(signal.SIGTERM, _raise_exit)
     stop = threading.Event()
     try:
-        with _start_stack(state_dir) as stack:
+        with _local_stack(state_dir) as stack:
             if messages:
                 seed_queue(SqsResource(queue_url=stack.queue_url), generate_bodies(messages))
             if produce_rate > 0:
