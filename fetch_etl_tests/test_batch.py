@@ -25,21 +25,12 @@ from fetch_etl.batch import (
 )
 from fetch_etl.masking import HmacMasker
 from fetch_etl.resources.sqs import MAX_BATCH, MAX_BATCH_BYTES, DeadLetter, QueueMessage, _batches_by_size
+from fetch_etl.warehouse import LOGIN_COLUMNS
 
 KEY = bytes(range(32))
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 TOKEN_RE = re.compile(r"[0-9a-f]{64}")
-LOGIN_VALUE_COLUMNS = (
-    "user_id",
-    "device_type",
-    "masked_ip",
-    "masked_device_id",
-    "locale",
-    "app_version",
-    "app_version_raw",
-    "create_date",
-    "mask_key_id",
-)
+LOGIN_VALUE_COLUMNS = tuple(c for c in LOGIN_COLUMNS if c != "message_id")
 
 # Clear values that must never reach the frame; each is unique so a hit cannot be a coincidence.
 IP_1 = "198.51.100.201"
