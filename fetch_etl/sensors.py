@@ -7,6 +7,7 @@ never make a message invisible or lose one.
 import os
 
 from dagster import (
+    AssetKey,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -21,6 +22,7 @@ from fetch_etl.jobs import INGEST_JOB_NAME, ingest_logins_job
 from fetch_etl.resources.sqs import QueueError, SqsResource
 
 DEFAULT_INTERVAL_SECONDS = 30
+ASSET_JOB_NAME = "__ASSET_JOB"  # what the UI's "Materialize all" launches
 ACTIVE_STATUSES = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -37,12 +39,13 @@ def sensor_interval() -> int:
 
 def active_ingest_run_id(context: SensorEvaluationContext) -> str | None:
     """An ingest run (sensor, job or 'Materialize all') that is queued or in progress, if any."""
-    records = context.instance.get_run_records(RunsFilter(statuses=ACTIVE_STATUSES), limit=100)
-    for record in records:
-        run = record.dagster_run
-        selection = {key.to_user_string() for key in (run.asset_selection or set())}
-        if run.job_name == INGEST_JOB_NAME or "user_logins" in selection:
-            return run.run_id
+    if records := context.instance.get_run_records(
+        RunsFilter(job_name=INGEST_JOB_NAME, statuses=ACTIVE_STATUSES), limit=1
+    ):
+        return records[0].dagster_run.run_id
+    for record in context.instance.get_run_records(RunsFilter(job_name=ASSET_JOB_NAME, statuses=ACTIVE_STATUSES)):
+        if AssetKey("user_logins") in (record.dagster_run.asset_selection or set()):
+            return record.dagster_run.run_id
     return None
 
 

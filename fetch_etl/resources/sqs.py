@@ -30,6 +30,18 @@ MAX_BATCH_BYTES = 250 * 1024  # SQS caps a send batch at 256 KiB of payload; kee
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "localstack"}
 
 
+# botocore logs whole request and response payloads (message bodies: clear PII) at DEBUG.
+_PAYLOAD_LOGGERS = ("botocore.endpoint", "botocore.parsers", "botocore.hooks", "botocore.auth")
+
+
+def quiet_payload_logging() -> None:
+    """Keep message bodies out of logs even when an operator turns Python logging to DEBUG."""
+    for name in _PAYLOAD_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
 class QueueError(RuntimeError):
     """The queue could not be used; the message is one sentence that says what was tried."""
 
@@ -113,6 +125,7 @@ class SqsResource(ResourceWithBoto3Configuration):
         return self._client
 
     def _make_client(self) -> Any:
+        quiet_payload_logging()
         session = boto3.session.Session(profile_name=self.profile_name)
         endpoint = self.effective_endpoint()
         credentials: dict[str, str | None] = {

@@ -1,0 +1,173 @@
+"""`login_queue_sensor` against moto's SQS server: it only reads the queue depth and never starts a second ingest."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+)
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.test_utils import create_run_for_test
+
+from fetch_etl.definitions import defs
+from fetch_etl.jobs import INGEST_JOB_NAME
+from fetch_etl.local_stack import QueueUrls
+from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.sensors import DEFAULT_INTERVAL_SECONDS, login_queue_sensor, sensor_interval
+from fetch_etl.synthetic import generate_bodies
+from fetch_etl_tests.helpers import queue_counts, send, sqs_resource
+
+IMPLICIT_ASSET_JOB = "__ASSET_JOB"  # the job Dagster runs for 'Materialize' / 'Materialize all' in the UI
+
+
+def _closed_port() -> int:
+    """A port nothing listens on: bound once by the kernel, then released."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+def _create_run(instance: DagsterInstance, status: DagsterRunStatus, job_name: str, **kwargs: Any) -> DagsterRun:
+    """A run of `job_name` in `status`, as the run coordinator would record it (QUEUED runs name their origin)."""
+    if status == DagsterRunStatus.QUEUED:
+        repository = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("fetch_etl"), "__repository__")
+        kwargs["remote_job_origin"] = RemoteJobOrigin(repository, job_name)
+    run = create_run_for_test(instance, job_name=job_name, status=status, **kwargs)
+    assert run.status == status
+    return run
+
+
+def _tick(instance: DagsterInstance, sqs: SqsResource) -> SensorResult | SkipReason:
+    context = build_sensor_context(instance=instance, resources={"sqs": sqs})
+    result = login_queue_sensor(context)
+    assert isinstance(result, SensorResult | SkipReason), result
+    return result
+
+
+def _skip_message(result: Any) -> str:
+    assert isinstance(result, SkipReason), f"expected a SkipReason, got {result!r}"
+    assert result.skip_message is not None
+    return result.skip_message
+
+
+def _run_requests(result: Any) -> list[RunRequest]:
+    assert isinstance(result, SensorResult), f"expected a SensorResult, got {result!r}"
+    return list(result.run_requests or [])
+
+
+def test_empty_queue_skips_and_states_the_depth(
+    instance: DagsterInstance, sqs_endpoint: str, queue_urls: QueueUrls
+) -> None:
+    message = _skip_message(_tick(instance, sqs_resource(sqs_endpoint, queue_urls)))
+    assert "0 visible" in message
+    assert "empty" in message
+
+
+def test_messages_request_one_run_without_touching_the_queue(
+    instance: DagsterInstance, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
+) -> None:
+    send(sqs_client, queue_urls.queue_url, generate_bodies(7, seed=11))
+    assert queue_counts(sqs_client, queue_urls.queue_url) == (7, 0)
+
+    (request,) = _run_requests(_tick(instance, sqs_resource(sqs_endpoint, queue_urls)))
+
+    assert request.tags.get("fetch_etl/queue_depth") == "7"
+    assert request.job_name in (None, INGEST_JOB_NAME)  # None: the sensor's own job, ingest_logins
+    assert queue_counts(sqs_client, queue_urls.queue_url) == (7, 0), "the sensor received or deleted messages"
+
+
+@pytest.mark.parametrize("status", [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED])
+def test_an_active_ingest_run_blocks_a_new_request(
+    status: DagsterRunStatus, instance: DagsterInstance, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
+) -> None:
+    send(sqs_client, queue_urls.queue_url, generate_bodies(3, seed=12))
+    active = _create_run(instance, status, INGEST_JOB_NAME)
+
+    message = _skip_message(_tick(instance, sqs_resource(sqs_endpoint, queue_urls)))
+
+    assert active.run_id in message
+    assert "3 messages waiting" in message
+    assert queue_counts(sqs_client, queue_urls.queue_url) == (3, 0)
+
+
+def test_a_running_materialize_all_of_user_logins_counts_as_active(
+    instance: DagsterInstance, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
+) -> None:
+    send(sqs_client, queue_urls.queue_url, generate_bodies(2, seed=13))
+    selection = frozenset(AssetKey(name) for name in ("raw_login_messages", "masked_logins", "user_logins"))
+    active = _create_run(instance, DagsterRunStatus.STARTED, IMPLICIT_ASSET_JOB, asset_selection=selection)
+
+    assert active.run_id in _skip_message(_tick(instance, sqs_resource(sqs_endpoint, queue_urls)))
+
+
+def test_finished_and_unrelated_runs_do_not_block(
+    instance: DagsterInstance, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
+) -> None:
+    send(sqs_client, queue_urls.queue_url, generate_bodies(4, seed=14))
+    _create_run(instance, DagsterRunStatus.SUCCESS, INGEST_JOB_NAME)
+    _create_run(instance, DagsterRunStatus.FAILURE, INGEST_JOB_NAME)
+    _create_run(instance, DagsterRunStatus.STARTED, "some_other_job")
+    _create_run(
+        instance, DagsterRunStatus.STARTED, IMPLICIT_ASSET_JOB, asset_selection=frozenset({AssetKey("other_asset")})
+    )
+
+    assert len(_run_requests(_tick(instance, sqs_resource(sqs_endpoint, queue_urls)))) == 1
+
+
+def test_an_active_ingest_run_is_found_behind_many_other_active_runs(
+    instance: DagsterInstance, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
+) -> None:
+    send(sqs_client, queue_urls.queue_url, generate_bodies(2, seed=15))
+    active = _create_run(instance, DagsterRunStatus.STARTED, INGEST_JOB_NAME)
+    for _ in range(100):  # e.g. a backfill of another job waiting in the run queue
+        _create_run(instance, DagsterRunStatus.STARTED, "some_other_job")
+
+    result = _tick(instance, sqs_resource(sqs_endpoint, queue_urls))
+
+    assert isinstance(result, SkipReason), "a second ingest run was requested while one is still running"
+    assert active.run_id in _skip_message(result)
+
+
+def test_unreachable_queue_skips_with_a_reason_instead_of_raising(instance: DagsterInstance) -> None:
+    port = _closed_port()
+    sqs = SqsResource(queue_url=f"http://127.0.0.1:{port}/000000000000/login-queue", max_attempts=1)
+
+    message = _skip_message(_tick(instance, sqs))
+
+    assert "queue not reachable" in message
+    assert f"127.0.0.1:{port}" in message
+
+
+def test_sensor_is_defined_for_the_ingest_job_with_the_default_interval() -> None:
+    sensor_def = defs.resolve_sensor_def("login_queue_sensor")
+    assert sensor_def.job_name == INGEST_JOB_NAME
+    assert sensor_def.default_status == DefaultSensorStatus.RUNNING
+    assert DEFAULT_INTERVAL_SECONDS == 30
+    assert sensor_def.minimum_interval_seconds == sensor_interval() == 30, (
+        "LOGIN_QUEUE_SENSOR_INTERVAL must be unset while the test suite imports fetch_etl"
+    )
+
+
+def test_sensor_interval_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOGIN_QUEUE_SENSOR_INTERVAL", raising=False)
+    assert sensor_interval() == 30
+    monkeypatch.setenv("LOGIN_QUEUE_SENSOR_INTERVAL", "7")
+    assert sensor_interval() == 7
