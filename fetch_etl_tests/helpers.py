@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +17,8 @@ from fetch_etl.local_stack import QueueUrls
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
 
 TEST_KEY_HEX = "0f" * 32
+FOO_BAR = '{"foo": "oops_wrong_msg_type", "bar": "123"}'  # the reference traffic's non-login message
+NOT_JSON = "this is {not json"
 ASSETS = [raw_login_messages, masked_logins, user_logins]
 
 
@@ -112,3 +116,49 @@ def login_body(**fields: Any) -> str:
     }
     body.update(fields)
     return json.dumps(body)
+
+
+def closed_port() -> int:
+    """A port nothing listens on: bound once by the kernel, then released."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# Settings the pipeline reads from the environment: a subprocess gets each one a test states, none leaks in.
+PIPELINE_ENV_PREFIXES = ("AWS_", "SQS_", "PII_MASKING_", "DAGSTER_", "LOGIN_QUEUE_")
+PIPELINE_ENV_NAMES = ("DATABASE_URL",)
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This process's environment without any pipeline setting, plus `settings`."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name == "AWS_CA_BUNDLE" or not (name.startswith(PIPELINE_ENV_PREFIXES) or name in PIPELINE_ENV_NAMES)
+    }
+    env["DAGSTER_DISABLE_TELEMETRY"] = "1"
+    env.update(settings)
+    return env
+
+
+def aws_env(sqs_endpoint: str, **settings: str) -> dict[str, str]:
+    """A clean environment pointed at the test SQS server."""
+    return clean_env(
+        AWS_ENDPOINT_URL=sqs_endpoint,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        **settings,
+    )
+
+
+def pipeline_env(sqs_endpoint: str, queues: QueueUrls, database_url: str, **settings: str) -> dict[str, str]:
+    """Everything `dagster asset materialize -m fetch_etl.definitions` needs, for a subprocess."""
+    return aws_env(
+        sqs_endpoint,
+        SQS_QUEUE_URL=queues.queue_url,
+        SQS_DLQ_URL=queues.dlq_url,
+        DATABASE_URL=database_url,
+        **settings,
+    )

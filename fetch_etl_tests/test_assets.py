@@ -14,6 +14,8 @@ from fetch_etl.resources.sqs import QueueMessage, SqsResource
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl.warehouse import USER_LOGINS_DDL
 from fetch_etl_tests.helpers import (
+    FOO_BAR,
+    NOT_JSON,
     TEST_KEY_HEX,
     drain,
     execute,
@@ -26,9 +28,6 @@ from fetch_etl_tests.helpers import (
     send,
     sqs_resource,
 )
-
-FOO_BAR = '{"foo": "oops_wrong_msg_type", "bar": "123"}'
-NOT_JSON = "this is {not json"
 
 
 def test_loads_valid_rejects_and_dead_letters_the_rest(

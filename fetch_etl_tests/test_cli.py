@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -23,44 +21,22 @@ import pytest
 
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.synthetic import generate_bodies
-from fetch_etl_tests.helpers import TEST_KEY_HEX, drain, fetch_all, queue_counts, send
+from fetch_etl_tests.helpers import (
+    FOO_BAR,
+    TEST_KEY_HEX,
+    aws_env,
+    clean_env,
+    closed_port,
+    drain,
+    fetch_all,
+    pipeline_env,
+    queue_counts,
+    send,
+)
 
 BIN = Path(sys.executable).parent
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 120
-# Settings the pipeline reads from the environment: a test states each one it wants, none leaks in.
-PIPELINE_ENV_PREFIXES = ("AWS_", "SQS_", "PII_MASKING_", "DAGSTER_", "LOGIN_QUEUE_")
-PIPELINE_ENV_NAMES = ("DATABASE_URL",)
-FOO_BAR = '{"foo": "oops_wrong_msg_type", "bar": "123"}'
-
-
-def _closed_port() -> int:
-    """A port nothing listens on: bound once by the kernel, then released."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _env(**settings: str) -> dict[str, str]:
-    """The test process's environment without any pipeline setting, plus `settings`."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name == "AWS_CA_BUNDLE" or not (name.startswith(PIPELINE_ENV_PREFIXES) or name in PIPELINE_ENV_NAMES)
-    }
-    env["DAGSTER_DISABLE_TELEMETRY"] = "1"
-    env.update(settings)
-    return env
-
-
-def _aws_env(sqs_endpoint: str, **settings: str) -> dict[str, str]:
-    return _env(
-        AWS_ENDPOINT_URL=sqs_endpoint,
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
-        **settings,
-    )
 
 
 def _run(args: Sequence[str], env: Mapping[str, str], cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess[str]:
@@ -143,7 +119,7 @@ def _run_demo(workspace: DemoWorkspace, state: Path) -> tuple[subprocess.Complet
     args = [BIN / "fetch-etl", "demo", "--messages", "40", "--seed", "1", "--state-dir", state]
     pids_file = state / "pids.json"
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([str(a) for a in args], cwd=workspace.path, env=_env(), stdout=out, stderr=err)
+        proc = subprocess.Popen([str(a) for a in args], cwd=workspace.path, env=clean_env(), stdout=out, stderr=err)
         pids: dict[str, Any] = {}
         deadline = time.monotonic() + TIMEOUT_S
         try:
@@ -225,14 +201,7 @@ def _materialize(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
 def _pipeline_env(
     sqs_endpoint: str, queue_urls: QueueUrls, database_url: str, home: Path, **settings: str
 ) -> dict[str, str]:
-    return _aws_env(
-        sqs_endpoint,
-        DAGSTER_HOME=str(home),
-        SQS_QUEUE_URL=queue_urls.queue_url,
-        SQS_DLQ_URL=queue_urls.dlq_url,
-        DATABASE_URL=database_url,
-        **settings,
-    )
+    return pipeline_env(sqs_endpoint, queue_urls, database_url, DAGSTER_HOME=str(home), **settings)
 
 
 def test_dagster_asset_materialize_loads_rejects_and_is_idempotent(
@@ -272,7 +241,7 @@ def test_dagster_asset_materialize_without_a_key_fails_and_receives_nothing(
 
 def test_seed_sends_synthetic_logins(sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls) -> None:
     result = _fetch_etl(
-        "seed", "--queue-url", queue_urls.queue_url, "--count", 25, "--seed", 3, env=_aws_env(sqs_endpoint)
+        "seed", "--queue-url", queue_urls.queue_url, "--count", 25, "--seed", 3, env=aws_env(sqs_endpoint)
     )
 
     assert result.returncode == 0, _output(result)
@@ -287,7 +256,7 @@ def test_seed_sends_each_non_empty_line_of_a_file(
     jsonl = tmp_path / "bodies.jsonl"
     jsonl.write_text(f"{bodies[0]}\n\n{bodies[1]}\n   \n{bodies[2]}\n{bodies[3]}\n", encoding="utf-8")
 
-    result = _fetch_etl("seed", "--queue-url", queue_urls.queue_url, "--file", jsonl, env=_aws_env(sqs_endpoint))
+    result = _fetch_etl("seed", "--queue-url", queue_urls.queue_url, "--file", jsonl, env=aws_env(sqs_endpoint))
 
     assert result.returncode == 0, _output(result)
     assert "sent 4 messages" in result.stdout
@@ -298,7 +267,7 @@ def test_seed_needs_exactly_one_source(tmp_path: Path, sqs_endpoint: str, queue_
     jsonl = tmp_path / "bodies.jsonl"
     jsonl.write_text(FOO_BAR + "\n")
     base = [BIN / "fetch-etl", "seed", "--queue-url", queue_urls.queue_url]
-    env = _aws_env(sqs_endpoint)
+    env = aws_env(sqs_endpoint)
     # Both invocations at once: each spends most of its time importing Dagster.
     procs = {
         name: subprocess.Popen(
@@ -319,10 +288,10 @@ def test_seed_needs_exactly_one_source(tmp_path: Path, sqs_endpoint: str, queue_
 
 
 def test_seed_to_an_unreachable_queue_is_one_line(tmp_path: Path) -> None:
-    port = _closed_port()
+    port = closed_port()
     queue_url = f"http://127.0.0.1:{port}/000000000000/login-queue"
 
-    result = _fetch_etl("seed", "--queue-url", queue_url, "--count", 5, env=_env())
+    result = _fetch_etl("seed", "--queue-url", queue_url, "--count", 5, env=clean_env())
 
     assert result.returncode == 1, _output(result)
     assert "Traceback" not in result.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
@@ -13,14 +12,7 @@ from fetch_etl.resources import PostgresResource, SqsResource
 from fetch_etl.resources.postgres import WarehouseError
 from fetch_etl.resources.sqs import QueueError
 from fetch_etl.synthetic import generate_bodies
-from fetch_etl_tests.helpers import queue_counts, resources, run_pipeline, send, sqs_resource
-
-
-def _closed_port() -> int:
-    """A port nothing listens on: bound once by the kernel, then released."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from fetch_etl_tests.helpers import closed_port, queue_counts, resources, run_pipeline, send, sqs_resource
 
 
 def _unreachable_warehouse(port: int) -> PostgresResource:
@@ -35,7 +27,7 @@ def _assert_warehouse_sentence(text: str, port: int) -> None:
 
 
 def test_unreachable_queue_is_one_sentence_naming_endpoint_and_queue() -> None:
-    port = _closed_port()
+    port = closed_port()
     queue_url = f"http://127.0.0.1:{port}/000000000000/login-queue"
 
     started = time.monotonic()
@@ -64,7 +56,7 @@ def test_missing_queue_is_named(sqs_endpoint: str, queue_urls: QueueUrls) -> Non
 
 
 def test_unreachable_database_is_one_sentence_without_the_password() -> None:
-    port = _closed_port()
+    port = closed_port()
 
     with pytest.raises(WarehouseError) as raised, _unreachable_warehouse(port).connect():
         pass
@@ -84,7 +76,7 @@ def test_unreachable_database_is_one_sentence_without_the_password() -> None:
     ids=["bad-port", "unknown-parameter", "keyword-conninfo"],
 )
 def test_unusable_database_urls_never_echo_the_password(database_url: str) -> None:
-    resource = PostgresResource(database_url=database_url.format(port=_closed_port()), connect_timeout=2)
+    resource = PostgresResource(database_url=database_url.format(port=closed_port()), connect_timeout=2)
 
     with pytest.raises(WarehouseError) as raised, resource.connect():
         pass
@@ -98,7 +90,7 @@ def test_unusable_database_urls_never_echo_the_password(database_url: str) -> No
 def test_run_against_an_unreachable_database_fails_clearly_and_deletes_nothing(
     sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
 ) -> None:
-    port = _closed_port()
+    port = closed_port()
     send(sqs_client, queue_urls.queue_url, [*generate_bodies(12, seed=21, malformed_rate=0), '{"foo": "bar"}'])
     warehouse = _unreachable_warehouse(port)
     sqs = sqs_resource(sqs_endpoint, queue_urls, visibility_timeout=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,16 +26,9 @@ from fetch_etl.local_stack import QueueUrls
 from fetch_etl.resources.sqs import SqsResource
 from fetch_etl.sensors import DEFAULT_INTERVAL_SECONDS, login_queue_sensor, sensor_interval
 from fetch_etl.synthetic import generate_bodies
-from fetch_etl_tests.helpers import queue_counts, send, sqs_resource
+from fetch_etl_tests.helpers import closed_port, queue_counts, send, sqs_resource
 
 IMPLICIT_ASSET_JOB = "__ASSET_JOB"  # the job Dagster runs for 'Materialize' / 'Materialize all' in the UI
-
-
-def _closed_port() -> int:
-    """A port nothing listens on: bound once by the kernel, then released."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -147,7 +139,7 @@ def test_an_active_ingest_run_is_found_behind_many_other_active_runs(
 
 
 def test_unreachable_queue_skips_with_a_reason_instead_of_raising(instance: DagsterInstance) -> None:
-    port = _closed_port()
+    port = closed_port()
     sqs = SqsResource(queue_url=f"http://127.0.0.1:{port}/000000000000/login-queue", max_attempts=1)
 
     message = _skip_message(_tick(instance, sqs))
