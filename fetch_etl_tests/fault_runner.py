@@ -1,0 +1,69 @@
+"""Run one ingest in this process and SIGKILL it at a chosen stage boundary (for the fault tests).
+
+    python -m fetch_etl_tests.fault_runner after_receive|after_mask|after_commit|mid_delete|after_dead_letter
+
+The pipeline reads its settings from the environment, exactly as `dagster asset materialize` does. The
+kill is a real SIGKILL of this process: no exception handler, finally block or atexit hook runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+KILL_POINTS = ("after_receive", "after_mask", "after_commit", "mid_delete", "after_dead_letter")
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _then_die(original: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        original(*args, **kwargs)
+        _die()
+
+    return wrapper
+
+
+def install(point: str) -> None:
+    """Patch the pipeline so the process dies right after `point`."""
+    from fetch_etl import assets, batch
+    from fetch_etl.resources.sqs import QueueMessage, SqsResource
+
+    if point == "after_receive":
+        SqsResource.receive = _then_die(SqsResource.receive)  # type: ignore[method-assign]
+    elif point == "after_mask":
+        batch.mask_messages = _then_die(batch.mask_messages)
+    elif point == "after_commit":
+        assets.load_batch = _then_die(assets.load_batch)  # committed, nothing forwarded or deleted
+    elif point == "after_dead_letter":
+        assets.mark_dead_lettered = _then_die(assets.mark_dead_lettered)  # forwarded and recorded, none deleted
+    elif point == "mid_delete":
+        original_delete = SqsResource.delete
+
+        def delete_half(self: SqsResource, messages: Sequence[QueueMessage]) -> list[str]:
+            original_delete(self, messages[: len(messages) // 2])
+            _die()
+            return []
+
+        SqsResource.delete = delete_half  # type: ignore[method-assign]
+    else:
+        raise SystemExit(f"unknown kill point {point!r}; expected one of {', '.join(KILL_POINTS)}")
+
+
+def main(argv: Sequence[str]) -> int:
+    install(argv[0])
+    from dagster import DagsterInstance
+
+    from fetch_etl.definitions import defs
+
+    result = defs.resolve_job_def("ingest_logins").execute_in_process(instance=DagsterInstance.ephemeral())
+    return 0 if result.success else 1  # reached only when the kill point was never passed
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
