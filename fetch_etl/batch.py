@@ -1,7 +1,8 @@
 """From received messages to the masked batch frame: pure, vectorised where it counts, no Dagster.
 
 The frame has one row per message. Valid logins carry masked tokens only; rejected messages carry a
-reason and no field values at all, so the frame itself never holds a clear IP or device id.
+reason and, of their content, only tokens of an `ip`/`device_id` that was a usable string, so the
+frame itself never holds a clear IP or device id.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from fetch_etl.masking import Masker, mask_device_ids, mask_ips
-from fetch_etl.records import LoginEvent, Rejection, parse_login, sent_date
+from fetch_etl.masking import Masker, mask_device_ids, mask_ips, mask_optional
+from fetch_etl.records import LoginEvent, Rejection, maskable_pii, parse_login, sent_date
 from fetch_etl.resources.sqs import DeadLetter, QueueMessage
 from fetch_etl.warehouse import LOGIN_COLUMNS
 
@@ -54,9 +55,18 @@ def mask_messages(messages: Sequence[QueueMessage], masker: Masker, now: datetim
             "status": pd.Series([STATUS_LOADABLE] * len(valid), dtype=object),
         }
     )
+    reject_pii = [maskable_pii(m.body) for m, _ in rejected]
+    reject_ips = mask_optional(masker, (ip for ip, _ in reject_pii), "ip")
+    reject_devices = mask_optional(masker, (device for _, device in reject_pii), "device_id")
     rejects = pd.DataFrame(
         {
             "message_id": pd.Series([m.message_id for m, _ in rejected], dtype=object),
+            "masked_ip": pd.Series(reject_ips, dtype=object),
+            "masked_device_id": pd.Series(reject_devices, dtype=object),
+            "mask_key_id": pd.Series(
+                [masker.key_id if ip or dev else None for ip, dev in zip(reject_ips, reject_devices, strict=True)],
+                dtype=object,
+            ),
             "status": pd.Series([STATUS_REJECTED] * len(rejected), dtype=object),
             "reason_code": pd.Series([r.code for _, r in rejected], dtype=object),
             "reason": pd.Series([r.reason for _, r in rejected], dtype=object),

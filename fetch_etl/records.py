@@ -17,8 +17,13 @@ USER_ID_MAX = 128
 DEVICE_TYPE_MAX = 32
 LOCALE_MAX = 32
 APP_VERSION_RAW_MAX = 64
+# In UTF-8 bytes, because a reversible (siv) token grows with the bytes and must fit varchar(256).
+# The longest IPv6 spelling is 45 characters; device ids are short serials.
+IP_MAX_BYTES = 64
+DEVICE_ID_MAX_BYTES = 128
 _REQUIRED = ("user_id", "device_type", "ip", "device_id", "app_version")
 _LIMITS = {"user_id": USER_ID_MAX, "device_type": DEVICE_TYPE_MAX}
+_BYTE_LIMITS = {"ip": IP_MAX_BYTES, "device_id": DEVICE_ID_MAX_BYTES}
 _VERSION_RE = re.compile(r"\A([0-9]{1,3})(?:\.([0-9]{1,3}))?(?:\.([0-9]{1,3}))?\Z")
 
 
@@ -106,6 +111,8 @@ def parse_login(body: str) -> LoginEvent | Rejection:
         limit = _LIMITS.get(key)
         if limit is not None and len(value) > limit:
             return Rejection(f"too_long_{key}", f"field {key!r} is longer than {limit} characters")
+        if _too_many_bytes(key, value):
+            return Rejection(f"too_long_{key}", f"field {key!r} is longer than {_BYTE_LIMITS[key]} bytes in UTF-8")
         fields[key] = value
 
     locale = data.get("locale")
@@ -130,6 +137,33 @@ def parse_login(body: str) -> LoginEvent | Rejection:
         app_version=version,
         app_version_raw=raw_version,
     )
+
+
+def _too_many_bytes(key: str, value: str) -> bool:
+    limit = _BYTE_LIMITS.get(key)
+    return limit is not None and len(value.encode("utf-8")) > limit
+
+
+def maskable_pii(body: str) -> tuple[str | None, str | None]:
+    """(ip, device_id) of a rejected body, each only if it is a string a masker accepts; else None.
+
+    So that rejects stored in Postgres can carry tokens too (finding, say, every reject from one IP)
+    while the untouched body stays only in the dead-letter queue. Of repeated keys the last counts.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+
+    def usable(key: str) -> str | None:
+        value = data.get(key)
+        if not isinstance(value, str) or not value.strip() or _text_problem(value) or _too_many_bytes(key, value):
+            return None
+        return value
+
+    return usable("ip"), usable("device_id")
 
 
 def _json_type(value: object) -> str:

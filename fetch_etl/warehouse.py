@@ -42,6 +42,10 @@ MIGRATION: tuple[str, ...] = (
         received_at       timestamptz NOT NULL,
         dead_lettered_at  timestamptz
     )""",
+    # Rejects keep tokens of their ip/device_id when those were usable strings (never clear values).
+    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS masked_ip varchar(256)",
+    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS masked_device_id varchar(256)",
+    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS mask_key_id text",
     *(
         f"""
     CREATE OR REPLACE VIEW user_logins_duplicate_{name} AS
@@ -68,7 +72,15 @@ LOGIN_COLUMNS: tuple[str, ...] = (
     "create_date",
     "mask_key_id",
 )
-REJECT_COLUMNS: tuple[str, ...] = ("message_id", "reason_code", "reason", "received_at")
+REJECT_COLUMNS: tuple[str, ...] = (
+    "message_id",
+    "reason_code",
+    "reason",
+    "received_at",
+    "masked_ip",
+    "masked_device_id",
+    "mask_key_id",
+)
 
 _STAGE_DDL = """
 CREATE TEMP TABLE fetch_etl_stage (
@@ -140,7 +152,7 @@ def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataF
         if reject_ids:
             cur.executemany(
                 f"INSERT INTO user_logins_rejected ({', '.join(REJECT_COLUMNS)}) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING",
+                f"VALUES ({', '.join(['%s'] * len(REJECT_COLUMNS))}) ON CONFLICT (message_id) DO NOTHING",
                 _rows(rejects, REJECT_COLUMNS),
             )
             recorded = max(cur.rowcount, 0)

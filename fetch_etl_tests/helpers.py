@@ -38,12 +38,18 @@ def sqs_resource(endpoint: str, queues: QueueUrls, **overrides: Any) -> SqsResou
 
 
 def resources(
-    endpoint: str, queues: QueueUrls, database_url: str, *, sqs: SqsResource | None = None, key: str = TEST_KEY_HEX
+    endpoint: str,
+    queues: QueueUrls,
+    database_url: str,
+    *,
+    sqs: SqsResource | None = None,
+    key: str = TEST_KEY_HEX,
+    mode: str = "hmac",
 ) -> dict[str, Any]:
     return {
         "sqs": sqs or sqs_resource(endpoint, queues),
         "postgres": PostgresResource(database_url=database_url),
-        "pii_masking": PiiMaskingResource(key=key),
+        "pii_masking": PiiMaskingResource(key=key, mode=mode),
         "batch_io_manager": batch_io_manager,
     }
 

@@ -148,14 +148,28 @@ def test_loadable_rows(frame: pd.DataFrame, masker: HmacMasker) -> None:
     assert rows["m2"]["locale"] is None and rows["m3"]["locale"] is None
 
 
-def test_rejected_rows_carry_a_reason_and_no_login_values(frame: pd.DataFrame) -> None:
+def test_rejected_rows_carry_a_reason_and_only_tokens_of_usable_ip_and_device_id(
+    frame: pd.DataFrame, masker: HmacMasker
+) -> None:
     bad = rejected(frame)
     rows = by_id(bad)
     assert {mid: row["reason_code"] for mid, row in rows.items()} == EXPECTED_REJECTS
+    masked = ("masked_ip", "masked_device_id", "mask_key_id")
     for row in rows.values():
         assert isinstance(row["reason"], str) and row["reason"].strip()
         for column in LOGIN_VALUE_COLUMNS:
-            assert pd.isna(row[column]), (row["message_id"], column)
+            if column not in masked:
+                assert pd.isna(row[column]), (row["message_id"], column)
+    tokens = {mid: tuple(None if pd.isna(row[c]) else row[c] for c in masked) for mid, row in rows.items()}
+    key_id = masker.key_id
+    assert tokens == {
+        "m4": (None, None, None),  # not JSON
+        "m5": (masker.mask(IP_5), None, key_id),  # device_id missing
+        "m6": (masker.mask(IP_6), masker.mask(DEV_6), key_id),
+        "m7": (None, masker.mask(DEV_5), key_id),  # an ip with a NUL is not masked
+        "m8": (masker.mask(IP_1), masker.mask(DEV_1), key_id),  # repeated "ip": the last one counts
+        "m9": (None, None, None),  # not a login
+    }
 
 
 def test_no_clear_ip_or_device_id_anywhere_in_the_frame(frame: pd.DataFrame) -> None:
@@ -196,7 +210,7 @@ def test_unparsed_ips_counts_only_valid_logins(masker: HmacMasker) -> None:
         message("a", login(ip="unknown")),
         message("b", login(ip="  also not an ip ")),
         message("c", login(ip="::ffff:192.0.2.1")),
-        message("d", login(ip="garbage", device_id=...)),  # rejected: its ip is never masked
+        message("d", login(ip="garbage", device_id=...)),  # rejected: its ip is masked but not counted
     ]
     frame = mask_messages(messages, masker)
     assert frame.attrs["unparsed_ips"] == 2

@@ -2,13 +2,13 @@
 
 Every IP and device id sent is a marker that cannot occur by chance; after a real run on a persistent
 Dagster instance (SQLite storage, compute logs on disk) every byte the run left behind is searched.
+The scans run once per masking mode (hmac and siv).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import sqlite3
@@ -22,6 +22,7 @@ from dagster import DagsterInstance, ExecuteInProcessResult
 from psycopg import sql
 
 from fetch_etl.local_stack import QueueUrls
+from fetch_etl.masking import MASKING_MODES, PiiField, build_masker
 from fetch_etl_tests.helpers import (
     TEST_KEY_HEX,
     execute,
@@ -115,8 +116,12 @@ def dump_public_schema(database_url: str) -> dict[str, str]:
     return dump
 
 
-def _hmac_token(value: str) -> str:
-    return hmac.new(bytes.fromhex(TEST_KEY_HEX), value.encode("utf-8"), hashlib.sha256).hexdigest()
+def _token(mode: str, value: str, field: PiiField) -> str:
+    """The token the pipeline stores for an already-canonical value."""
+    return build_masker(mode, bytes.fromhex(TEST_KEY_HEX)).mask(value, field)
+
+
+MODES = pytest.mark.parametrize("mode", MASKING_MODES)
 
 
 @pytest.fixture
@@ -132,20 +137,28 @@ def restore_logger_levels() -> Iterator[None]:
 
 
 def _run_marked_batch(
-    home: Path, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls, database_url: str, **overrides: Any
+    home: Path,
+    sqs_endpoint: str,
+    sqs_client: Any,
+    queue_urls: QueueUrls,
+    database_url: str,
+    mode: str,
+    **overrides: Any,
 ) -> ExecuteInProcessResult:
     """Send the marker batch and materialize it on a persistent instance (SQLite + compute logs) in `home`."""
     home.mkdir()
     bodies, valid = _bodies()
     send(sqs_client, queue_urls.queue_url, bodies)
     with DagsterInstance.local_temp(tempdir=str(home), overrides=overrides or None) as instance:
-        result = run_pipeline(resources(sqs_endpoint, queue_urls, database_url), instance=instance)
+        result = run_pipeline(resources(sqs_endpoint, queue_urls, database_url, mode=mode), instance=instance)
     loaded = metadata(result)
     assert (loaded["received"], loaded["loaded"], loaded["rejected"]) == (len(bodies), valid, len(bodies) - valid)
     return result
 
 
+@MODES
 def test_no_clear_pii_in_dagster_home_postgres_or_logs(
+    mode: str,
     tmp_path: Path,
     sqs_endpoint: str,
     sqs_client: Any,
@@ -159,7 +172,7 @@ def test_no_clear_pii_in_dagster_home_postgres_or_logs(
         caplog.set_level(logging.DEBUG, logger=name)
     home = tmp_path / "dagster_home"
 
-    run_id = _run_marked_batch(home, sqs_endpoint, sqs_client, queue_urls, database_url).run_id
+    run_id = _run_marked_batch(home, sqs_endpoint, sqs_client, queue_urls, database_url, mode).run_id
     captured = capfd.readouterr()
 
     # 1. Dagster's storage: run and event-log SQLite databases, compute logs, anything else written there.
@@ -185,10 +198,13 @@ def test_no_clear_pii_in_dagster_home_postgres_or_logs(
     plain_hashes |= {hashlib.sha256(m.lower().encode("utf-8")).hexdigest() for m in MARKERS}
     assert not [h for h in plain_hashes if h in everything], "a token is a plain, unkeyed SHA-256"
     # ...while the keyed tokens of the canonical values are there: the scan really saw the loaded rows.
-    assert _hmac_token(IPV6_CANONICAL[0]) in dump["user_logins"]
-    assert _hmac_token(MAPPED_CANONICAL[0]) in dump["user_logins"]
-    assert _hmac_token(IPV4[0]) in dump["user_logins_duplicate_ips"]
-    assert _hmac_token(VALID_DEVICES[0]) in dump["user_logins_duplicate_devices"]
+    assert _token(mode, IPV6_CANONICAL[0], "ip") in dump["user_logins"]
+    assert _token(mode, MAPPED_CANONICAL[0], "ip") in dump["user_logins"]
+    assert _token(mode, IPV4[0], "ip") in dump["user_logins_duplicate_ips"]
+    assert _token(mode, VALID_DEVICES[0], "device_id") in dump["user_logins_duplicate_devices"]
+    # Rejects are stored with tokens of their ip/device_id where those were strings, never the values.
+    assert _token(mode, REJECT_IPS[0], "ip") in dump["user_logins_rejected"]
+    assert _token(mode, REJECT_DEVICES[3], "device_id") in dump["user_logins_rejected"]
 
     # 3. What the process printed (Dagster's console log included) and logged through Python logging.
     # botocore's DEBUG wire logs quote every payload: see test_debug_python_log_capture_keeps_message_bodies_out_of...
@@ -201,7 +217,9 @@ def test_no_clear_pii_in_dagster_home_postgres_or_logs(
     assert find_markers_in_text(logged, MARKERS) == []
 
 
+@MODES
 def test_debug_python_log_capture_keeps_message_bodies_out_of_dagster_storage(
+    mode: str,
     tmp_path: Path,
     sqs_endpoint: str,
     sqs_client: Any,
@@ -212,7 +230,7 @@ def test_debug_python_log_capture_keeps_message_bodies_out_of_dagster_storage(
     home = tmp_path / "dagster_home"
     python_logs = {"python_logs": {"managed_python_loggers": ["root"], "python_log_level": "DEBUG"}}
 
-    _run_marked_batch(home, sqs_endpoint, sqs_client, queue_urls, database_url, **python_logs)
+    _run_marked_batch(home, sqs_endpoint, sqs_client, queue_urls, database_url, mode, **python_logs)
 
     assert find_markers_in_files(home, MARKERS) == {}
 

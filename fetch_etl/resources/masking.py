@@ -11,7 +11,9 @@ from fetch_etl.masking import Masker, build_masker, load_key
 class PiiMaskingResource(ConfigurableResource):
     """Which masking mode, and where its secret key comes from (never shown in the UI)."""
 
-    mode: str = Field(default="hmac", description="PII_MASKING_MODE: hmac (one-way).")
+    mode: str = Field(
+        default="hmac", description="PII_MASKING_MODE: hmac (one-way) or siv (AES-SIV, reversible with the key)."
+    )
     key: str | None = Field(default=None, description="PII_MASKING_KEY: hex or base64, >= 32 bytes.")
     key_file: str | None = Field(
         default=None, description="PII_MASKING_KEY_FILE: a file holding the key (Docker/K8s secrets)."
