@@ -18,6 +18,7 @@ import pytest
 
 from fetch_etl.local_servers import EmbeddedPostgres, MotoSqsServer, create_database, drop_database
 from fetch_etl.local_stack import AWS_REGION, QueueUrls, create_queue_pair, make_sqs_client
+from fetch_etl_tests.legacy_sqs import LegacySqsDouble
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +86,13 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, sqs_endpoint: str) -> dict[str, str
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SQS"):
         monkeypatch.delenv(key, raising=False)
     return env
+
+
+@pytest.fixture
+def legacy_sqs(sqs_endpoint: str) -> Iterator[LegacySqsDouble]:
+    """The old-LocalStack double (HTTP 500 to JSON, query proxied to moto); a new port per test."""
+    with LegacySqsDouble(sqs_endpoint) as double:
+        yield double
 
 
 def pytest_report_header(config: pytest.Config) -> str:

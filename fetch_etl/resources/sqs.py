@@ -3,6 +3,11 @@
 Built on dagster-aws's boto3 configuration base (region, endpoint, credentials, retries), since
 dagster-aws ships no SQS resource. Every failure to reach the queue surfaces as one `QueueError`
 sentence naming the endpoint and queue, never a botocore traceback.
+
+Two wire formats under one interface (`SQS_PROTOCOL`): boto3's JSON protocol, or the older query
+protocol (`sqs_query.QuerySqsClient`) that the 2022 LocalStack in Fetch's reference image still needs.
+`auto` speaks JSON until an endpoint answers the way that LocalStack does, then query for the rest of
+the process.
 """
 
 from __future__ import annotations
@@ -16,18 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field, PrivateAttr
+
+from fetch_etl.resources.sqs_protocol import PROTOCOLS, learned_protocol, legacy_signature, make_client
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_URL = "http://localhost:4566/000000000000/login-queue"
 MAX_BATCH = 10  # SQS's limit per receive, send and delete call
 MAX_BATCH_BYTES = 250 * 1024  # SQS caps a send batch at 256 KiB of payload; keep headroom for attributes
-_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "localstack"}
 
 
 # botocore logs whole request and response payloads (message bodies: clear PII) at DEBUG.
@@ -81,10 +85,6 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _host(url: str) -> str:
-    return urlsplit(url).hostname or ""
-
-
 class SqsResource(ResourceWithBoto3Configuration):
     """An SQS queue of login events and its dead-letter queue."""
 
@@ -101,6 +101,11 @@ class SqsResource(ResourceWithBoto3Configuration):
         default=1, description="Long-poll wait; an empty long poll means the queue is drained."
     )
     delete_threads: int = Field(default=4, description="Parallel DeleteMessageBatch calls.")
+    protocol: str = Field(
+        default="auto",
+        description="SQS wire protocol (SQS_PROTOCOL): auto, json or query. auto uses JSON and switches to "
+        "query for the rest of the process when the endpoint rejects JSON like the 2022 LocalStack does.",
+    )
 
     _client: Any = PrivateAttr(default=None)
 
@@ -119,38 +124,34 @@ class SqsResource(ResourceWithBoto3Configuration):
         return None
 
     def client(self) -> Any:
-        """A thread-safe boto3 SQS client, built once per resource instance."""
+        """A thread-safe SQS client with boto3's method names and answers, built once per resource instance.
+
+        boto3's own client (json), a QuerySqsClient (query) or an AutoProtocolClient choosing between them.
+        """
         if self._client is None:
             self._client = self._make_client()
         return self._client
 
+    def wire_protocol(self) -> str:
+        """The protocol calls use now: json or query, or auto while an auto client has not yet decided."""
+        protocol = self._protocol()
+        return (learned_protocol(self._endpoint_key()) or "auto") if protocol == "auto" else protocol
+
+    def _protocol(self) -> str:
+        protocol = (self.protocol or "auto").strip().lower()
+        if protocol not in PROTOCOLS:
+            raise QueueError(f"SQS_PROTOCOL must be one of auto, json, query (got {self.protocol!r})")
+        return protocol
+
+    def _region(self) -> str:
+        return self.region_name or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+    def _endpoint_key(self) -> str:
+        return self.effective_endpoint() or f"https://sqs.{self._region()}.amazonaws.com"
+
     def _make_client(self) -> Any:
         quiet_payload_logging()
-        session = boto3.session.Session(profile_name=self.profile_name)
-        endpoint = self.effective_endpoint()
-        credentials: dict[str, str | None] = {
-            "aws_access_key_id": self.aws_access_key_id,
-            "aws_secret_access_key": self.aws_secret_access_key,
-            "aws_session_token": self.aws_session_token,
-        }
-        if endpoint and _host(endpoint) in _LOOPBACK_HOSTS and session.get_credentials() is None:
-            # Local emulators accept any credentials; a fresh laptop has none configured.
-            credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
-        config = Config(
-            retries={"max_attempts": self.max_attempts, "mode": "standard"},
-            max_pool_connections=max(10, self.delete_threads * 2),
-            connect_timeout=5,
-            read_timeout=max(30, self.wait_time_seconds + 10),
-        )
-        return session.client(
-            "sqs",
-            region_name=self.region_name or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-            endpoint_url=endpoint,
-            use_ssl=self.use_ssl,
-            verify=self.verify,
-            config=config,
-            **{k: v for k, v in credentials.items() if v},
-        )
+        return make_client(self, self._protocol(), self._endpoint_key(), self._region())
 
     def describe(self) -> str:
         return f"queue {self.queue_url} at endpoint {self.effective_endpoint() or 'AWS default'}"
@@ -168,6 +169,16 @@ class SqsResource(ResourceWithBoto3Configuration):
             error = err.response.get("Error", {})
             code = error.get("Code", "error")
             message = str(error.get("Message") or "").split("\n")[0][:200]
+            if message.startswith("<"):  # an HTML/XML page botocore could not read: its status says enough
+                message = ""
+            if self._protocol() == "json" and (signature := legacy_signature(err.response)):
+                code, message = (
+                    signature,
+                    (
+                        "to a JSON-protocol request (the endpoint speaks only SQS's older query protocol, like the "
+                        "2022 LocalStack); set SQS_PROTOCOL=auto or query"
+                    ),
+                )
             raise QueueError(f"cannot {what} on {self.describe()}: {code} {message}".rstrip()) from None
         except BotoCoreError as err:
             raise QueueError(f"cannot {what} on {self.describe()}: {str(err)[:300]}") from None

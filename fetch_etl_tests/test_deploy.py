@@ -1,0 +1,199 @@
+"""The Docker Compose deployment, checked without a Docker engine: the files' structure, the instance config
+loaded for real against Postgres, and `dagster definitions validate` on the workspace.
+
+`docker-compose config -q` (Debian's docker-compose) runs in .ci/run; the daemon itself runs in
+test_deploy_daemon.py.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster import DagsterInstance, DagsterRun, RunsFilter
+from dagster._core.run_coordinator import QueuedRunCoordinator
+from dagster._core.utils import make_new_run_id
+
+from fetch_etl.jobs import INGEST_TAGS
+from fetch_etl_tests.deploy_env import ROOT, dagster_home, dagster_pg_env
+from fetch_etl_tests.helpers import clean_env
+
+COMPOSE = ROOT / "docker-compose.yml"
+SERVICES = {"localstack", "postgres", "dagster-postgres", "user-code", "webserver", "daemon"}
+OUR_IMAGE = "fetch-etl:${FETCH_ETL_TAG:-local}"
+SECRET_NAMES = re.compile(r"PASSWORD|SECRET|_KEY$|DATABASE_URL", re.IGNORECASE)
+INTERPOLATION = re.compile(r"^\$\{[A-Z_]+(:?[-?][^}]*)?\}$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    assert isinstance(env, dict), "environment is a mapping (so merges and checks are unambiguous)"
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def test_compose_has_the_six_services_with_their_images(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == SERVICES
+    assert services["localstack"]["image"] == "fetchdocker/data-takehome-localstack"
+    assert services["postgres"]["image"] == "fetchdocker/data-takehome-postgres"
+    assert services["dagster-postgres"]["image"].startswith("postgres:")
+    for name in ("user-code", "webserver", "daemon"):  # one image, built from this checkout
+        assert services[name]["image"] == OUR_IMAGE
+        assert services[name]["build"] == {"context": ".", "dockerfile": "Dockerfile"}
+    assert services["user-code"]["command"][:3] == ["dagster", "api", "grpc"]
+    assert services["webserver"]["command"][0] == "dagster-webserver"
+    assert services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
+
+
+def test_every_service_has_a_health_check_and_a_restart_policy(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        check = service.get("healthcheck", {})
+        assert check.get("test") and check["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert {"interval", "timeout", "retries"} <= set(check), name
+        assert service.get("restart") == "unless-stopped", name
+
+
+def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    expected = {
+        "user-code": {"localstack", "postgres", "dagster-postgres"},
+        "webserver": {"dagster-postgres", "user-code"},
+        "daemon": {"dagster-postgres", "user-code"},
+    }
+    for name, needs in expected.items():
+        depends = services[name]["depends_on"]
+        assert set(depends) == needs, name
+        assert all(d == {"condition": "service_healthy"} for d in depends.values()), name
+    for name in ("localstack", "postgres", "dagster-postgres"):
+        assert "depends_on" not in services[name]
+
+
+def test_published_ports_are_loopback_only(compose: dict[str, Any]) -> None:
+    published = {name: s.get("ports", []) for name, s in compose["services"].items() if s.get("ports")}
+    assert set(published) == {"localstack", "postgres", "webserver"}
+    for name, ports in published.items():
+        for port in ports:
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), (name, port)
+    assert published["webserver"] == ["127.0.0.1:${DAGSTER_UI_PORT:-3000}:3000"]
+
+
+def test_dagster_storage_has_a_named_volume(compose: dict[str, Any]) -> None:
+    assert "dagster-postgres-data" in compose["volumes"]
+    assert "dagster-postgres-data:/var/lib/postgresql/data" in compose["services"]["dagster-postgres"]["volumes"]
+
+
+def test_no_secret_value_is_written_in_the_compose_file(compose: dict[str, Any]) -> None:
+    text = COMPOSE.read_text()
+    assert "PII_MASKING_KEY=" not in text and "PII_MASKING_KEY:" not in text
+    assert not re.search(r"postgres(ql)?://[^\s$]*:[^\s$@]+@", text), "no URL with a password in it"
+    for name, service in compose["services"].items():
+        for key, value in environment(service).items():
+            if SECRET_NAMES.search(key):
+                assert INTERPOLATION.match(value) and ":?" in value, f"{name}.{key} must come from .env"
+    user_code = compose["services"]["user-code"]
+    assert environment(user_code)["PII_MASKING_KEY_FILE"] == "/run/secrets/pii_masking_key"
+    assert user_code["secrets"] == ["pii_masking_key"]
+    assert set(compose["secrets"]) == {"pii_masking_key"} and "file" in compose["secrets"]["pii_masking_key"]
+    for name in ("webserver", "daemon"):  # only the code server (and its runs) can read the key
+        assert "secrets" not in compose["services"][name]
+        assert not {"DATABASE_URL", "AWS_SECRET_ACCESS_KEY"} & set(environment(compose["services"][name]))
+
+
+def test_the_pipeline_settings_inside_compose(compose: dict[str, Any]) -> None:
+    env = environment(compose["services"]["user-code"])
+    assert env["SQS_QUEUE_URL"] == "${SQS_QUEUE_URL:-http://localstack:4566/000000000000/login-queue}"
+    assert env["AWS_ENDPOINT_URL"] == "${AWS_ENDPOINT_URL:-http://localstack:4566}"
+    assert env["SQS_PROTOCOL"] == "${SQS_PROTOCOL:-auto}"
+    example = dict(
+        line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if re.match(r"^[A-Z_]+=", line)
+    )
+    assert example["DATABASE_URL"] == "postgresql://postgres:postgres@postgres:5432/postgres"
+    assert example["SQS_PROTOCOL"] == "auto"
+    assert not any(key.startswith("PII_MASKING_KEY=") for key in example), "the key is a file, never a value"
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE.read_text()))
+    assert required <= set(example), "every required setting has an example"
+
+
+def test_env_and_secrets_stay_out_of_git_and_the_image() -> None:
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert ".env" in ignored and "secrets/" in ignored
+    dockerignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert dockerignore[[line.startswith("#") for line in dockerignore].index(False)] == "*", "allow-list"
+    allowed = {line[1:].rstrip("/") for line in dockerignore if line.startswith("!")}
+    assert allowed == {"requirements.lock", "pyproject.toml", "README.md", "fetch_etl", "deploy"}
+
+
+def test_dockerfile_installs_the_frozen_lock_as_a_non_root_user() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
+    assert "uv pip install --system --require-hashes -r requirements.lock" in dockerfile
+    assert "--no-deps" in dockerfile
+    assert re.search(r"^USER 10001:10001$", dockerfile, re.MULTILINE)
+    assert "COPY deploy/dagster.yaml /opt/dagster/home/dagster.yaml" in dockerfile
+    assert "PII_MASKING_KEY" in dockerfile and not re.search(r"PII_MASKING_KEY\w*[= ]\S", dockerfile)
+    assert "http://" not in dockerfile and "https://" not in dockerfile
+
+
+def test_deploy_workspace_points_at_the_user_code_grpc_server() -> None:
+    workspace = yaml.safe_load((ROOT / "deploy" / "workspace.yaml").read_text())
+    server = {"host": "user-code", "port": 4000, "location_name": "fetch_etl"}
+    assert workspace == {"load_from": [{"grpc_server": server}]}
+
+
+@pytest.mark.parametrize(
+    ("config_file", "launcher"),
+    [("dagster.yaml", "DefaultRunLauncher"), ("dagster.docker-run-launcher.yaml", "DockerRunLauncher")],
+)
+def test_instance_config_loads_on_postgres_with_the_run_queue(
+    config_file: str,
+    launcher: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in dagster_pg_env(database_url).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DAGSTER_RUN_NETWORK", "fetch-etl_default")
+    home = dagster_home(tmp_path, ROOT / "deploy" / config_file)
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue is not None and queue.max_concurrent_runs == 4
+        (ingest_key,) = INGEST_TAGS
+        assert list(queue.tag_concurrency_limits) == [{"key": ingest_key, "limit": 1}]
+        assert type(instance.run_launcher).__name__ == launcher
+        assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 0
+        assert instance.run_monitoring_settings["max_runtime_seconds"] == 1800
+
+        run = instance.add_run(DagsterRun(job_name="ingest_logins", run_id=make_new_run_id(), tags=INGEST_TAGS))
+        instance.report_engine_event("stored through the deployment's instance config", run)
+        (stored,) = instance.get_runs(RunsFilter(run_ids=[run.run_id]))
+        assert stored.tags == INGEST_TAGS
+        assert "stored through" in instance.all_logs(run.run_id)[-1].message
+
+
+def test_definitions_validate_for_the_dev_workspace() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Validation successful for code location fetch_etl.definitions" in result.stdout + result.stderr
