@@ -1,10 +1,12 @@
 """The lineage: raw_login_messages -> masked_logins -> user_logins.
 
-Each asset is a few lines; the work lives in pure functions (records, masking, batch) and in the
-resources. Messages leave the queue only after the Postgres commit that makes them safe.
+Each asset is a few lines; the work lives in pure functions (records, masking, batch, asset_metadata)
+and in the resources. Messages leave the queue only after the Postgres commit that makes them safe.
+The checks on `user_logins` live in `checks.py`.
 """
 
 import time
+from datetime import UTC, datetime
 
 import pandas as pd
 from dagster import (
@@ -15,7 +17,15 @@ from dagster import (
     asset,
 )
 
-from fetch_etl import batch
+from fetch_etl import batch, health
+from fetch_etl.asset_metadata import (
+    TABLE_PREVIEW_COLUMNS,
+    masked_logins_schema,
+    rate,
+    rows_preview,
+    user_logins_lineage,
+    user_logins_schema,
+)
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
 from fetch_etl.resources.sqs import QueueMessage
 from fetch_etl.warehouse import load_batch, mark_dead_lettered, migrate, table_row_count
@@ -24,13 +34,18 @@ GROUP = "logins"
 PREVIEW_COLUMNS = ("user_id", "device_type", "masked_ip", "masked_device_id", "locale", "app_version")
 
 
-def _rate(count: int, seconds: float) -> float:
-    return round(count / seconds, 1) if seconds > 0 else 0.0
-
-
 def _timing(count: int, started: float) -> dict[str, float]:
     elapsed = time.perf_counter() - started
-    return {"elapsed_seconds": round(elapsed, 3), "messages_per_second": _rate(count, elapsed)}
+    return {"elapsed_seconds": round(elapsed, 3), "messages_per_second": rate(count, elapsed)}
+
+
+def _run_throughput(context: AssetExecutionContext, count: int) -> dict[str, float]:
+    """Messages per second over the whole run so far (receive, mask and load), from the run's start time."""
+    record = context.instance.get_run_record_by_id(context.run.run_id)
+    if record is None or record.start_time is None:
+        return {}
+    elapsed = datetime.now(UTC).timestamp() - record.start_time
+    return {"run_elapsed_seconds": round(elapsed, 3), "run_messages_per_second": rate(count, elapsed)}
 
 
 def masked_preview(frame: pd.DataFrame, rows: int = 5) -> str:
@@ -80,9 +95,10 @@ def raw_login_messages(
 def masked_logins(
     context: AssetExecutionContext, raw_login_messages: list[QueueMessage], pii_masking: PiiMaskingResource
 ) -> Output[pd.DataFrame]:
-    """The batch parsed, validated and pseudonymised: one row per message, no clear PII.
+    """The batch parsed, validated and pseudonymised: a pandas DataFrame, one row per message, no clear PII.
 
-    IPs and device ids become keyed HMAC tokens; invalid messages get a reason instead of values.
+    IPs and device ids become keyed tokens (PII_MASKING_MODE); invalid messages get a reason code and
+    a sentence instead of values. Held in memory only, for the one run.
     """
     started = time.perf_counter()
     masker = pii_masking.masker()
@@ -100,6 +116,7 @@ def masked_logins(
             "mask_key_id": masker.key_id,
             "dagster/row_count": len(frame),
             "preview": MetadataValue.md(masked_preview(frame)),
+            "dagster/column_schema": masked_logins_schema(frame),
             **_timing(len(frame), started),
         },
     )
@@ -109,6 +126,7 @@ def masked_logins(
     group_name=GROUP,
     kinds={"postgres"},
     owners=["team:data-engineering"],
+    metadata={"dagster/column_schema": user_logins_schema()},
 )
 def user_logins(
     context: AssetExecutionContext,
@@ -117,11 +135,12 @@ def user_logins(
     postgres: PostgresResource,
     sqs: SqsResource,
 ) -> MaterializeResult:
-    """The `user_logins` table: each valid login exactly once, keyed by its SQS MessageId.
+    """The PostgreSQL table `user_logins`: each valid login exactly once, keyed by its SQS MessageId.
 
     One transaction loads the batch (COPY, then INSERT ... ON CONFLICT DO NOTHING) and records the
-    rejects; only after the commit are rejects forwarded to the dead-letter queue and every handled
-    message deleted from the source queue. A crash anywhere means redelivery, never loss or doubling.
+    rejects in `user_logins_rejected`; only after the commit are rejects forwarded to the dead-letter
+    queue and every handled message deleted from the source queue. A crash anywhere means
+    redelivery, never loss or doubling. IPs and device ids are stored as tokens only.
     """
     started = time.perf_counter()
     by_id = {m.message_id: m for m in raw_login_messages}
@@ -132,6 +151,9 @@ def user_logins(
         forwarded = sqs.dead_letter(batch.dead_letters(rejected, by_id, result.to_dead_letter))
         mark_dead_lettered(conn, forwarded)
         total_rows = table_row_count(conn)
+        live_columns = health.table_columns(conn)
+        newest = health.newest_rows(conn, TABLE_PREVIEW_COLUMNS)
+        rejected_total = health.rejects_by_reason(conn)
     deletable = [*loadable["message_id"], *result.already_dead_lettered, *forwarded]
     failed = sqs.delete([by_id[mid] for mid in deletable])
     if failed:
@@ -150,7 +172,12 @@ def user_logins(
             "dead_lettered": len(forwarded),
             "deleted_from_queue": len(deletable) - len(failed),
             "delete_failures": len(failed),
+            "rejected_total_by_reason": MetadataValue.json(rejected_total),
             "dagster/row_count": total_rows,
+            "dagster/column_schema": user_logins_schema(live_columns),
+            "dagster/column_lineage": user_logins_lineage(name for name, _ in live_columns),
+            "newest_rows": MetadataValue.md(rows_preview(newest)),
             **_timing(len(raw_login_messages), started),
+            **_run_throughput(context, len(raw_login_messages)),
         }
     )

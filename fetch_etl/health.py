@@ -1,0 +1,201 @@
+"""Read-only probes of the warehouse and the dead-letter queue, shared by the asset checks, the
+`user_logins` metadata and `fetch-etl status`, so all three report the same numbers.
+
+Nothing here writes: a check or a status call must never create a table or a queue. Every query
+returns counts, tokens or MessageIds only, never a clear IP or device id (the warehouse holds none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from botocore.exceptions import BotoCoreError, ClientError
+
+from fetch_etl.resources.sqs import QueueDepth, QueueError, SqsResource
+
+# Rows that fetch-etl loaded itself; a pre-existing reference table may hold legacy rows without one.
+LOADED_BY_FETCH_ETL = "message_id IS NOT NULL"
+REQUIRED_COLUMNS: tuple[str, ...] = ("masked_ip", "masked_device_id", "user_id", "app_version")
+TOKEN_COLUMNS: tuple[str, ...] = ("masked_ip", "masked_device_id")
+
+
+def table_columns(conn: psycopg.Connection, table: str = "user_logins") -> list[tuple[str, str]]:
+    """(column, SQL type) of a table in the connection's search path, in table order; [] when it is missing."""
+    rows = conn.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute a
+        WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum""",
+        (table,),
+    ).fetchall()
+    return [(str(name), str(sql_type)) for name, sql_type in rows]
+
+
+def loaded_by_fetch_etl(conn: psycopg.Connection) -> bool:
+    """True when user_logins exists and has fetch-etl's idempotency key (its migration has run)."""
+    return "message_id" in dict(table_columns(conn))
+
+
+def null_counts(conn: psycopg.Connection) -> tuple[int, dict[str, int]]:
+    """(rows loaded by fetch-etl, {required column: rows where it is NULL})."""
+    nulls = ", ".join(f"count(*) FILTER (WHERE {column} IS NULL)" for column in REQUIRED_COLUMNS)
+    row = conn.execute(f"SELECT count(*), {nulls} FROM user_logins WHERE {LOADED_BY_FETCH_ETL}").fetchone()
+    assert row is not None
+    return int(row[0]), {column: int(n) for column, n in zip(REQUIRED_COLUMNS, row[1:], strict=True)}
+
+
+@dataclass(frozen=True)
+class DuplicateIds:
+    message_ids: int  # MessageIds that occur more than once
+    extra_rows: int  # rows beyond the first of each
+    examples: list[str]  # a few of those MessageIds (SQS ids, no personal data)
+    unique_index: bool  # whether the unique index that prevents them exists
+
+
+def duplicate_message_ids(conn: psycopg.Connection, examples: int = 5) -> DuplicateIds:
+    rows = conn.execute(
+        f"""
+        SELECT message_id, count(*) FROM user_logins WHERE {LOADED_BY_FETCH_ETL}
+        GROUP BY message_id HAVING count(*) > 1 ORDER BY count(*) DESC, message_id"""
+    ).fetchall()
+    index = conn.execute(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+            WHERE i.indrelid = to_regclass('user_logins') AND i.indisunique AND i.indnatts = 1
+              AND a.attname = 'message_id')"""
+    ).fetchone()
+    return DuplicateIds(
+        message_ids=len(rows),
+        extra_rows=sum(int(n) - 1 for _, n in rows),
+        examples=[str(mid) for mid, _ in rows[:examples]],
+        unique_index=bool(index and index[0]),
+    )
+
+
+@dataclass(frozen=True)
+class TokenShapeCounts:
+    malformed: dict[str, int]  # token column -> non-NULL tokens matching no known shape
+    by_mode: dict[str, int]  # mode -> tokens (both columns) of that mode's shape
+    examples: list[str]  # a few MessageIds of rows with a malformed token
+
+
+def token_shape_counts(conn: psycopg.Connection, patterns: Mapping[str, str]) -> TokenShapeCounts:
+    """Count tokens by the shape they have; `patterns` maps a mode to a regular expression in the
+    syntax both Python and PostgreSQL's `~` understand."""
+    modes = list(patterns)
+    bad = {column: " AND ".join(f"{column} !~ %s" for _ in modes) or "true" for column in TOKEN_COLUMNS}
+    bad_params = [patterns[m] for m in modes]
+    malformed = [f"count(*) FILTER (WHERE {column} IS NOT NULL AND {bad[column]})" for column in TOKEN_COLUMNS]
+    per_mode = [" + ".join(f"count(*) FILTER (WHERE {column} ~ %s)" for column in TOKEN_COLUMNS) for _ in modes]
+    params = [*(p for _ in TOKEN_COLUMNS for p in bad_params), *(patterns[m] for m in modes for _ in TOKEN_COLUMNS)]
+    row = conn.execute(
+        f"SELECT {', '.join([*malformed, *per_mode])} FROM user_logins WHERE {LOADED_BY_FETCH_ETL}", params
+    ).fetchone()
+    assert row is not None
+    any_bad = " OR ".join(f"({column} IS NOT NULL AND {bad[column]})" for column in TOKEN_COLUMNS)
+    examples = conn.execute(
+        f"SELECT message_id FROM user_logins WHERE {LOADED_BY_FETCH_ETL} AND ({any_bad}) ORDER BY message_id LIMIT 5",
+        [p for _ in TOKEN_COLUMNS for p in bad_params],
+    ).fetchall()
+    counts = [int(n) for n in row]
+    return TokenShapeCounts(
+        malformed=dict(zip(TOKEN_COLUMNS, counts[: len(TOKEN_COLUMNS)], strict=True)),
+        by_mode=dict(zip(modes, counts[len(TOKEN_COLUMNS) :], strict=True)),
+        examples=[str(r[0]) for r in examples],
+    )
+
+
+def newest_rows(conn: psycopg.Connection, columns: Sequence[str], limit: int = 5) -> list[dict[str, Any]]:
+    """The most recently loaded rows (fetch-etl's own), `columns` only."""
+    available = {name for name, _ in table_columns(conn)}
+    selected = [c for c in columns if c in available]
+    if "loaded_at" not in available or not selected:
+        return []
+    cursor = conn.execute(
+        f"SELECT {', '.join(selected)} FROM user_logins WHERE {LOADED_BY_FETCH_ETL} "
+        "ORDER BY loaded_at DESC NULLS LAST, message_id LIMIT %s",
+        (limit,),
+    )
+    return [dict(zip(selected, row, strict=True)) for row in cursor.fetchall()]
+
+
+def rejects_by_reason(conn: psycopg.Connection) -> dict[str, int]:
+    """All recorded rejections, by reason code (empty when nothing was ever rejected)."""
+    if not table_columns(conn, "user_logins_rejected"):
+        return {}
+    rows = conn.execute(
+        "SELECT reason_code, count(*) FROM user_logins_rejected GROUP BY reason_code ORDER BY count(*) DESC, 1"
+    ).fetchall()
+    return {str(code): int(n) for code, n in rows}
+
+
+@dataclass(frozen=True)
+class WarehouseOverview:
+    """What an operator wants to know about the table at a glance."""
+
+    exists: bool
+    rows: int = 0
+    duplicate_ip_tokens: int = 0
+    duplicate_device_tokens: int = 0
+    rejects_by_reason: dict[str, int] | None = None
+    newest_loaded_at: datetime | None = None
+
+
+def warehouse_overview(conn: psycopg.Connection) -> WarehouseOverview:
+    if not loaded_by_fetch_etl(conn):
+        return WarehouseOverview(exists=False, rejects_by_reason=rejects_by_reason(conn))
+    row = conn.execute(
+        """
+        SELECT (SELECT count(*) FROM user_logins),
+               (SELECT count(*) FROM user_logins_duplicate_ips),
+               (SELECT count(*) FROM user_logins_duplicate_devices),
+               (SELECT max(loaded_at) FROM user_logins)"""
+    ).fetchone()
+    assert row is not None
+    return WarehouseOverview(
+        exists=True,
+        rows=int(row[0]),
+        duplicate_ip_tokens=int(row[1]),
+        duplicate_device_tokens=int(row[2]),
+        rejects_by_reason=rejects_by_reason(conn),
+        newest_loaded_at=row[3],
+    )
+
+
+# --- the dead-letter queue ------------------------------------------------------------------
+
+
+_NO_SUCH_QUEUE = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"})
+
+
+def dlq_url(sqs: SqsResource) -> str | None:
+    """SQS_DLQ_URL, else the `<queue>-dlq` beside the queue if it exists; None when it does not (yet).
+
+    Unlike the pipeline, this never creates the queue: a probe must not change what it looks at.
+    """
+    if sqs.dlq_url:
+        return sqs.dlq_url
+    name = sqs.queue_url.rstrip("/").rsplit("/", 1)[-1] + "-dlq"
+    try:
+        return str(sqs.client().get_queue_url(QueueName=name)["QueueUrl"])
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in _NO_SUCH_QUEUE:
+            return None
+        raise QueueError(f"cannot find the dead-letter queue {name} on {sqs.describe()}: {str(err)[:200]}") from None
+    except BotoCoreError as err:
+        raise QueueError(f"cannot find the dead-letter queue {name} on {sqs.describe()}: {str(err)[:200]}") from None
+
+
+def dlq_depth(sqs: SqsResource) -> tuple[str | None, QueueDepth]:
+    """(DLQ URL or None, its depth); a DLQ that does not exist yet holds nothing."""
+    url = dlq_url(sqs)
+    if url is None:
+        return None, QueueDepth(visible=0, in_flight=0, delayed=0)
+    # A resource for the DLQ itself, so an error names the DLQ rather than the source queue.
+    return url, SqsResource(**{**sqs.model_dump(), "queue_url": url, "dlq_url": None}).depth()
