@@ -21,6 +21,7 @@ from typing import Any
 import click
 from tabulate import tabulate
 
+from fetch_etl.cli_pii import reveal, rotate_key
 from fetch_etl.local_stack import LocalStack, LocalStackError
 from fetch_etl.masking import MaskingKeyError
 from fetch_etl.resources.postgres import PostgresResource, WarehouseError
@@ -256,6 +257,34 @@ def dev(produce_rate: float, messages: int, port: int, state_dir: Path) -> None:
     except CLEAR_ERRORS as err:
         raise click.ClickException(str(err)) from None
 
+
+@main.command()
+@click.option(
+    "--local-stack",
+    is_flag=True,
+    help="Look at the local stack that `fetch-etl dev` or `demo` runs from --state-dir, instead of the environment.",
+)
+@STATE_DIR
+def status(local_stack: bool, state_dir: Path) -> None:
+    """Queue, dead-letter queue, user_logins and the sensor at a glance; exit 1 when something needs attention.
+
+    Reads the pipeline's environment: SQS_QUEUE_URL, SQS_DLQ_URL, AWS_*, DATABASE_URL, DAGSTER_HOME.
+    """
+    from fetch_etl.status import gather, local_stack_env, render
+
+    if local_stack:
+        try:
+            os.environ.update(local_stack_env(state_dir))
+        except LocalStackError as err:
+            raise click.ClickException(str(err)) from None
+    report = gather(os.environ)
+    click.echo(render(report))
+    if report.attention:
+        sys.exit(1)
+
+
+main.add_command(reveal)
+main.add_command(rotate_key)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Everything Dagster loads: assets, job, sensor and resources configured from the environment."""
+"""Everything Dagster loads: assets, asset checks, job, sensor and resources configured from the environment."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from dagster import Definitions, EnvVar, in_process_executor
 
 from fetch_etl.assets import masked_logins, raw_login_messages, user_logins
+from fetch_etl.checks import USER_LOGINS_CHECKS
 from fetch_etl.io_managers import batch_io_manager
 from fetch_etl.jobs import ingest_logins_job
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
@@ -26,6 +27,7 @@ def env_int(name: str, default: int) -> int | EnvVar:
 
 defs = Definitions(
     assets=[raw_login_messages, masked_logins, user_logins],
+    asset_checks=USER_LOGINS_CHECKS,
     jobs=[ingest_logins_job],
     sensors=[login_queue_sensor],
     executor=in_process_executor,
@@ -39,6 +41,7 @@ defs = Definitions(
             endpoint_url=env_str("AWS_ENDPOINT_URL"),
             aws_access_key_id=env_str("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=env_str("AWS_SECRET_ACCESS_KEY"),
+            protocol=env_str("SQS_PROTOCOL", "auto"),
         ),
         "postgres": PostgresResource(database_url=env_str("DATABASE_URL", DEFAULT_DATABASE_URL)),
         "pii_masking": PiiMaskingResource(
