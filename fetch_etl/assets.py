@@ -28,7 +28,7 @@ from fetch_etl.asset_metadata import (
 )
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
 from fetch_etl.resources.sqs import QueueMessage
-from fetch_etl.warehouse import load_batch, mark_dead_lettered, migrate, table_row_count
+from fetch_etl.warehouse import check_mask_key, load_batch, mark_dead_lettered, migrate, table_row_count
 
 GROUP = "logins"
 PREVIEW_COLUMNS = ("user_id", "device_type", "masked_ip", "masked_device_id", "locale", "app_version")
@@ -63,15 +63,19 @@ def masked_preview(frame: pd.DataFrame, rows: int = 5) -> str:
     owners=["team:data-engineering"],
 )
 def raw_login_messages(
-    context: AssetExecutionContext, sqs: SqsResource, pii_masking: PiiMaskingResource
+    context: AssetExecutionContext, sqs: SqsResource, pii_masking: PiiMaskingResource, postgres: PostgresResource
 ) -> Output[list[QueueMessage]]:
     """One run's batch of login messages received from SQS, held in memory only.
 
-    Messages stay invisible on the queue for the visibility timeout and are deleted only after
-    `user_logins` commits them. The masking key is checked first, so a run that cannot mask
+    Messages stay invisible while the run holds them (a heartbeat extends the visibility timeout) and
+    are deleted only after `user_logins` commits them. First the run checks that it can mask with the
+    key the stored tokens were made with and that Postgres answers, so a run that could not finish
     receives nothing.
     """
-    pii_masking.masker()
+    masker = pii_masking.masker()
+    with postgres.connect() as conn:
+        migrate(conn)
+        check_mask_key(conn, masker.key_id, masker.mode)
     started = time.perf_counter()
     messages = sqs.receive(progress=lambda n: context.log.info(f"received {n} messages so far"))
     context.log.info(f"received {len(messages)} messages from {sqs.queue_url}")
@@ -93,7 +97,10 @@ def raw_login_messages(
     owners=["team:data-engineering"],
 )
 def masked_logins(
-    context: AssetExecutionContext, raw_login_messages: list[QueueMessage], pii_masking: PiiMaskingResource
+    context: AssetExecutionContext,
+    raw_login_messages: list[QueueMessage],
+    pii_masking: PiiMaskingResource,
+    sqs: SqsResource,
 ) -> Output[pd.DataFrame]:
     """The batch parsed, validated and pseudonymised: a pandas DataFrame, one row per message, no clear PII.
 
@@ -102,7 +109,7 @@ def masked_logins(
     """
     started = time.perf_counter()
     masker = pii_masking.masker()
-    frame = batch.mask_messages(raw_login_messages, masker)
+    frame = batch.mask_messages(raw_login_messages, masker, max_receive_count=sqs.max_receive_count)
     summary = batch.stats(frame)
     context.log.info(f"{summary.loadable} loadable, {summary.rejected} rejected {summary.rejected_by_reason}")
     return Output(
@@ -156,6 +163,7 @@ def user_logins(
         rejected_total = health.rejects_by_reason(conn)
     deletable = [*loadable["message_id"], *result.already_dead_lettered, *forwarded]
     failed = sqs.delete([by_id[mid] for mid in deletable])
+    extensions = sqs.release()  # whatever was not deleted comes back after one visibility timeout
     if failed:
         context.log.warning(f"{len(failed)} deletes failed; those messages will be redelivered and skipped")
     context.log.info(
@@ -172,6 +180,7 @@ def user_logins(
             "dead_lettered": len(forwarded),
             "deleted_from_queue": len(deletable) - len(failed),
             "delete_failures": len(failed),
+            "visibility_extensions": extensions,
             "rejected_total_by_reason": MetadataValue.json(rejected_total),
             "dagster/row_count": total_rows,
             "dagster/column_schema": user_logins_schema(live_columns),

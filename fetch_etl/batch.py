@@ -32,10 +32,30 @@ class MaskStats:
     unparsed_ips: int
 
 
-def mask_messages(messages: Sequence[QueueMessage], masker: Masker, now: datetime | None = None) -> pd.DataFrame:
-    """Parse, validate and mask every message into one frame (see BATCH_COLUMNS)."""
+def poison(receive_count: int, limit: int) -> Rejection:
+    """A message that keeps coming back without being loaded: set it aside so it stops blocking."""
+    return Rejection(
+        "poison", f"received {receive_count} times without being loaded (limit {limit}); set aside for inspection"
+    )
+
+
+def mask_messages(
+    messages: Sequence[QueueMessage],
+    masker: Masker,
+    now: datetime | None = None,
+    max_receive_count: int | None = None,
+) -> pd.DataFrame:
+    """Parse, validate and mask every message into one frame (see BATCH_COLUMNS).
+
+    Messages received more than `max_receive_count` times are rejected as poison without parsing.
+    """
     received_at = now or datetime.now(UTC)
-    parsed: list[LoginEvent | Rejection] = [parse_login(m.body) for m in messages]
+    parsed: list[LoginEvent | Rejection] = [
+        poison(m.receive_count, max_receive_count)
+        if max_receive_count is not None and m.receive_count > max_receive_count
+        else parse_login(m.body)
+        for m in messages
+    ]
     valid = [(m, p) for m, p in zip(messages, parsed, strict=True) if isinstance(p, LoginEvent)]
     rejected = [(m, p) for m, p in zip(messages, parsed, strict=True) if isinstance(p, Rejection)]
 

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from fetch_etl.masking import PII_FIELDS, PiiField, SivMasker, TokenError, decode_siv_token, token_mode
 from fetch_etl.resources.postgres import PostgresResource
-from fetch_etl.warehouse import migrate
+from fetch_etl.warehouse import migrate, retire_mask_key
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("fetch_etl.audit")
@@ -359,6 +359,8 @@ def rotate_key(
         for table in ROTATED_TABLES:
             _rotate_table(conn, table, old, new, batch_size, result, on_batch)
         result.left_on_other_keys = {table: _left_on_other_keys(conn, table, new.key_id) for table in ROTATED_TABLES}
+        if result.complete:
+            retire_mask_key(conn, old.key_id, new.key_id, new.mode)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_ROTATION_LOCK,))
     result.seconds = time.perf_counter() - started

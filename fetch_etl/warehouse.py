@@ -15,6 +15,8 @@ import pandas as pd
 import psycopg
 import psycopg.sql
 
+from fetch_etl.masking import MaskingKeyError
+
 # The reference DDL, verbatim: created only when the table is missing.
 USER_LOGINS_DDL = """
 CREATE TABLE IF NOT EXISTS user_logins(
@@ -34,6 +36,14 @@ MIGRATION: tuple[str, ...] = (
     "ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS loaded_at timestamptz",
     "ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS mask_key_id text",
     "CREATE UNIQUE INDEX IF NOT EXISTS user_logins_message_id_key ON user_logins (message_id)",
+    "CREATE INDEX IF NOT EXISTS user_logins_loaded_at_idx ON user_logins (loaded_at)",
+    """
+    CREATE TABLE IF NOT EXISTS fetch_etl_mask_keys(
+        key_id         text PRIMARY KEY,
+        mode           text NOT NULL,
+        first_used_at  timestamptz NOT NULL DEFAULT now(),
+        retired_at     timestamptz
+    )""",
     """
     CREATE TABLE IF NOT EXISTS user_logins_rejected(
         message_id        text PRIMARY KEY,
@@ -59,6 +69,7 @@ MIGRATION: tuple[str, ...] = (
 
 # One lock id for every fetch-etl migration, so concurrent runs never race on DDL.
 _MIGRATION_LOCK = 0x0FE7C4E71
+_KEY_REGISTRY_LOCK = 0x0FE7C4E72
 
 LOGIN_COLUMNS: tuple[str, ...] = (
     "message_id",
@@ -112,6 +123,51 @@ def migrate(conn: psycopg.Connection) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         for statement in MIGRATION:
             cur.execute(statement)
+
+
+def check_mask_key(conn: psycopg.Connection, key_id: str, mode: str) -> None:
+    """Refuse a key or mode other than the one the stored tokens were made with; register it on first use.
+
+    Loading with another key would split every duplicate across two token spaces, silently. The
+    registry (`fetch_etl_mask_keys`) names the active key; `rotate-key` retires the old one.
+    """
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_KEY_REGISTRY_LOCK,))
+        cur.execute("SELECT key_id, mode FROM fetch_etl_mask_keys WHERE retired_at IS NULL")
+        active = cur.fetchall()
+        if not active:  # first use, possibly on a table that predates the registry: its tokens tell
+            cur.execute(
+                "SELECT mask_key_id FROM user_logins WHERE mask_key_id IS NOT NULL AND mask_key_id <> %s LIMIT 1",
+                (key_id,),
+            )
+            active = [(row[0], "unknown") for row in cur.fetchall()]
+        for active_id, active_mode in active:
+            if active_id != key_id or active_mode not in (mode, "unknown"):
+                raise MaskingKeyError(
+                    f"this run's masking key (key id {key_id}, mode {mode}) is not the one the stored tokens were "
+                    f"made with (key id {active_id}, mode {active_mode}); loading would split duplicates across "
+                    "two token spaces. Set PII_MASKING_KEY/PII_MASKING_MODE to that key and mode, or re-key the "
+                    "data first with `fetch-etl rotate-key` (siv mode); nothing was received from the queue"
+                )
+        cur.execute(
+            "INSERT INTO fetch_etl_mask_keys (key_id, mode) VALUES (%s, %s) ON CONFLICT (key_id) DO NOTHING",
+            (key_id, mode),
+        )
+
+
+def retire_mask_key(conn: psycopg.Connection, old_key_id: str, new_key_id: str, mode: str) -> None:
+    """After a completed rotation: the new key becomes the active one."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_KEY_REGISTRY_LOCK,))
+        cur.execute(
+            "UPDATE fetch_etl_mask_keys SET retired_at = now() WHERE key_id = %s AND retired_at IS NULL",
+            (old_key_id,),
+        )
+        cur.execute(
+            "INSERT INTO fetch_etl_mask_keys (key_id, mode) VALUES (%s, %s) "
+            "ON CONFLICT (key_id) DO UPDATE SET retired_at = NULL, mode = EXCLUDED.mode",
+            (new_key_id, mode),
+        )
 
 
 def _clean(value: Any) -> Any:

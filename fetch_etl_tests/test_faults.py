@@ -81,7 +81,7 @@ def test_a_run_killed_at_any_stage_is_completed_by_the_next(
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     if point in ("after_receive", "after_mask"):
-        assert fetch_all(database_url, "SELECT to_regclass('user_logins')")[0][0] is None, "nothing written yet"
+        assert fetch_all(database_url, "SELECT count(*) FROM user_logins")[0][0] == 0, "nothing loaded yet"
 
     time.sleep(2.5)  # the killed run's visibility timeout expires: SQS redelivers what it held
     run_pipeline(resources(sqs_endpoint, queue_urls, database_url))
@@ -131,8 +131,9 @@ def test_postgres_down_at_start_then_back_loads_everything(
 
 def _sensor_requests_a_run(sqs_endpoint: str, queue_urls: QueueUrls) -> bool:
     with DagsterInstance.ephemeral() as instance:
-        context = build_sensor_context(instance=instance, resources={"sqs": sqs_resource(sqs_endpoint, queue_urls)})
-        result = login_queue_sensor(context)
+        resources = {"sqs": sqs_resource(sqs_endpoint, queue_urls)}
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            result = login_queue_sensor(context)
     return isinstance(result, SensorResult) and len(result.run_requests or []) == 1
 
 
@@ -167,16 +168,18 @@ def test_postgres_going_down_mid_load_fails_clearly_and_deletes_nothing(
 
 @pytest.mark.parametrize("parallel", [2, 4])
 def test_parallel_runs_on_one_queue_neither_lose_nor_double(
-    parallel: int, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls, database_url: str
+    parallel: int, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls, database_url: str, tmp_path: Path
 ) -> None:
     valid, rejected = seed_batch(sqs_client, queue_urls.queue_url, valid=200, seed=parallel)
-    env = pipeline_env(sqs_endpoint, queue_urls, database_url, PII_MASKING_KEY=TEST_KEY_HEX, DAGSTER_HOME="")
     command = [str(BIN / "dagster"), "asset", "materialize", "-m", "fetch_etl.definitions", "--select", "*"]
-    env.pop("DAGSTER_HOME")  # each process runs on its own ephemeral instance
-    processes = [
-        subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(parallel)
-    ]
+    processes = []
+    for index in range(parallel):
+        home = tmp_path / f"dagster_home_{index}"  # each process on a Dagster instance of its own
+        home.mkdir()
+        env = pipeline_env(sqs_endpoint, queue_urls, database_url, PII_MASKING_KEY=TEST_KEY_HEX, DAGSTER_HOME=str(home))
+        processes.append(
+            subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        )
     for process in processes:
         _, stderr = process.communicate(timeout=180)
         assert process.returncode == 0, stderr.decode()[-2000:]

@@ -48,8 +48,8 @@ def _create_run(instance: DagsterInstance, status: DagsterRunStatus, job_name: s
 
 
 def _tick(instance: DagsterInstance, sqs: SqsResource) -> SensorResult | SkipReason:
-    context = build_sensor_context(instance=instance, resources={"sqs": sqs})
-    result = login_queue_sensor(context)
+    with build_sensor_context(instance=instance, resources={"sqs": sqs}) as context:
+        result = login_queue_sensor(context)
     assert isinstance(result, SensorResult | SkipReason), result
     return result
 

@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field, PrivateAttr
 
+from fetch_etl.resources.sqs_heartbeat import VisibilityHeartbeat
 from fetch_etl.resources.sqs_protocol import PROTOCOLS, learned_protocol, legacy_signature, make_client
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,17 @@ class SqsResource(ResourceWithBoto3Configuration):
         "query for the rest of the process when the endpoint rejects JSON like the 2022 LocalStack does.",
     )
 
+    max_receive_count: int = Field(
+        default=10,
+        description="SQS_MAX_RECEIVE_COUNT: a message received more often than this without being loaded is "
+        "dead-lettered as poison instead of processed again.",
+    )
+    heartbeat: bool = Field(
+        default=True, description="Extend the visibility of held messages until they are deleted or the run ends."
+    )
+
     _client: Any = PrivateAttr(default=None)
+    _heartbeat: VisibilityHeartbeat | None = PrivateAttr(default=None)
 
     # --- connection -------------------------------------------------------------------------
 
@@ -236,16 +247,45 @@ class SqsResource(ResourceWithBoto3Configuration):
                     sent_timestamp=attrs.get("SentTimestamp"),
                     receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
                 )
+            self._hold(received[raw["MessageId"]] for raw in batch)
             if progress is not None and time.monotonic() - last_report >= 5:
                 progress(len(received))
                 last_report = time.monotonic()
         return list(received.values())
+
+    # --- holding ----------------------------------------------------------------------------
+
+    def _hold(self, messages: Iterable[QueueMessage]) -> None:
+        """Keep received messages invisible until deleted or the run ends (see sqs_heartbeat)."""
+        if not self.heartbeat:
+            return
+        if self._heartbeat is None:
+            client = self.client()
+            self._heartbeat = VisibilityHeartbeat(
+                lambda entries: client.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries),
+                self.visibility_timeout,
+            )
+        self._heartbeat.hold(messages)
+
+    def release(self) -> int:
+        """Stop extending visibility (end of run); returns how many extensions were made."""
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is None:
+            return 0
+        heartbeat.stop()
+        return heartbeat.extensions
+
+    def teardown_after_execution(self, context: Any) -> None:
+        """A failed run lets go of its messages: they return after at most one visibility timeout."""
+        self.release()
 
     # --- writing ----------------------------------------------------------------------------
 
     def delete(self, messages: Sequence[QueueMessage]) -> list[str]:
         """Delete messages in batches of ten, in parallel; returns the MessageIds that failed."""
         client = self.client()
+        if self._heartbeat is not None:
+            self._heartbeat.release(m.message_id for m in messages)
 
         def delete_batch(batch: Sequence[QueueMessage]) -> list[str]:
             response = self._call(
