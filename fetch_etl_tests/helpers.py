@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 from collections.abc import Sequence
 from typing import Any
 
+import psutil
 import psycopg
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
@@ -168,3 +170,13 @@ def pipeline_env(sqs_endpoint: str, queues: QueueUrls, database_url: str, **sett
         DATABASE_URL=database_url,
         **settings,
     )
+
+
+def processes_mentioning(text: str) -> list[psutil.Process]:
+    """Processes whose command line mentions `text` (a state dir, a port): what a test may have left running."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(text in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+    return found

@@ -30,6 +30,7 @@ from fetch_etl_tests.helpers import (
     drain,
     fetch_all,
     pipeline_env,
+    processes_mentioning,
     queue_counts,
     send,
 )
@@ -54,15 +55,6 @@ def _output(result: subprocess.CompletedProcess[str]) -> str:
 
 
 # --- fetch-etl demo -----------------------------------------------------------------------------
-
-
-def _processes_mentioning(text: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if any(text in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -109,7 +101,7 @@ def demo_workspace() -> Iterator[DemoWorkspace]:
                     )
                     if ours:
                         _stop(proc)
-        for proc in _processes_mentioning(str(workspace.path)):
+        for proc in processes_mentioning(str(workspace.path)):
             _stop(proc)
         shutil.rmtree(workspace.path, ignore_errors=True)
 
@@ -154,7 +146,7 @@ def _assert_demo_cleaned_up(state: Path, pids: dict[str, Any], result: subproces
     assert not (state / "pids.json").exists(), "pids.json left behind"
     for server in ("postgres", "sqs"):
         assert not _alive(pids[server]["pid"]), f"{server} (pid {pids[server]['pid']}) still running"
-    assert _processes_mentioning(str(state)) == []
+    assert processes_mentioning(str(state)) == []
 
 
 def test_demo_runs_the_whole_stack_twice_and_leaves_nothing_running(demo_workspace: DemoWorkspace) -> None:

@@ -35,11 +35,10 @@ from fetch_etl.status import (
     sensor_verdict,
 )
 from fetch_etl.synthetic import generate_bodies
-from fetch_etl_tests.helpers import resources, run_pipeline, send
+from fetch_etl_tests.helpers import FOO_BAR, resources, run_pipeline, send
 
 BIN = Path(sys.executable).parent
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FOO_BAR = '{"foo": "oops_wrong_msg_type", "bar": "123"}'
 PIPELINE_ENV_PREFIXES = ("AWS_", "SQS_", "PII_MASKING_", "DAGSTER_", "LOGIN_QUEUE_")
 
 

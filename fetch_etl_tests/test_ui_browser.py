@@ -32,7 +32,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from fetch_etl.local_stack import LocalStack, make_sqs_client
 from fetch_etl.synthetic import generate_bodies
-from fetch_etl_tests.helpers import fetch_all, send
+from fetch_etl_tests.helpers import fetch_all, processes_mentioning, send
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -119,15 +119,6 @@ def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def _processes_mentioning(text: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if any(text in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-    return found
-
-
 @pytest.fixture
 def dagster_ui(artifacts: Path) -> Iterator[DagsterUi]:
     """The local stack and `dagster dev` against it; both stopped by PID afterwards, also when the test fails."""
@@ -160,7 +151,7 @@ def dagster_ui(artifacts: Path) -> Iterator[DagsterUi]:
         if process is not None:
             _stop_process_group(process)
         stack.stop()
-        for leftover in _processes_mentioning(str(state_dir)):
+        for leftover in processes_mentioning(str(state_dir)):
             with contextlib.suppress(psutil.Error):
                 leftover.kill()
         shutil.rmtree(state_dir, ignore_errors=True)
