@@ -150,9 +150,7 @@ def _local_stack(state_dir: Path) -> Iterator[LocalStack]:
     """The running local stack, its addresses exported for Dagster; stopped (by PID) on the way out."""
     with LocalStack(state_dir=state_dir) as stack:
         os.environ.update(stack.env())
-        if stack.dev_key_created:
-            log.info("created a development masking key at %s (mode 0600); keep it to compare tokens", stack.key_file)
-        else:
+        if not stack.dev_key_created:
             log.info("using the development masking key at %s", stack.key_file)
         yield stack
 

@@ -66,7 +66,7 @@ def ensure_dev_masking_key(state_dir: Path) -> tuple[Path, bool]:
     except BaseException:
         path.unlink(missing_ok=True)  # never leave an empty/partial key to be reused
         raise
-    logger.info("Created dev masking key file %s", path)
+    logger.info("created a development masking key at %s (mode 0600); keep it to compare tokens", path)
     return path, True
 
 
