@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pydantic import Field, PrivateAttr
 
 from fetch_etl.resources.sqs_heartbeat import VisibilityHeartbeat
 from fetch_etl.resources.sqs_protocol import PROTOCOLS, learned_protocol, legacy_signature, make_client
+from fetch_etl.resources.sqs_receive import ParallelReceiver
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,11 @@ class SqsResource(ResourceWithBoto3Configuration):
         default=1, description="Long-poll wait; an empty long poll means the queue is drained."
     )
     delete_threads: int = Field(default=4, description="Parallel DeleteMessageBatch calls.")
+    receive_threads: int = Field(
+        default=4,
+        description="SQS_RECEIVE_THREADS: parallel ReceiveMessage loops; each call returns at most ten messages, "
+        "so several overlap their round trips.",
+    )
     protocol: str = Field(
         default="auto",
         description="SQS wire protocol (SQS_PROTOCOL): auto, json or query. auto uses JSON and switches to "
@@ -216,42 +221,30 @@ class SqsResource(ResourceWithBoto3Configuration):
         )
 
     def receive(self, limit: int | None = None, progress: Callable[[int], None] | None = None) -> list[QueueMessage]:
-        """Receive up to `limit` messages, stopping when a long poll comes back empty.
+        """Receive up to `limit` messages with `receive_threads` receivers, until an empty long poll.
 
         A message received twice in one run (its visibility expired) keeps only its newest receipt
-        handle, so each MessageId is handled once per run.
+        handle, so each MessageId is handled once per run. See sqs_receive for the polling policy.
         """
         limit = self.max_messages_per_run if limit is None else limit
-        received: dict[str, QueueMessage] = {}
-        client = self.client()
-        last_report = time.monotonic()
-        while len(received) < limit:
+        client = self.client()  # built once, before the receivers share it
+
+        def fetch(max_messages: int, wait_seconds: int) -> list[QueueMessage]:
             response = self._call(
                 "receive messages",
                 client.receive_message,
                 QueueUrl=self.queue_url,
-                MaxNumberOfMessages=min(MAX_BATCH, limit - len(received)),
-                WaitTimeSeconds=self.wait_time_seconds,
+                MaxNumberOfMessages=max_messages,
+                WaitTimeSeconds=wait_seconds,
                 VisibilityTimeout=self.visibility_timeout,
                 MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
             )
-            batch = response.get("Messages", [])
-            if not batch:
-                break
-            for raw in batch:
-                attrs = raw.get("Attributes", {})
-                received[raw["MessageId"]] = QueueMessage(
-                    message_id=raw["MessageId"],
-                    receipt_handle=raw["ReceiptHandle"],
-                    body=raw.get("Body", ""),
-                    sent_timestamp=attrs.get("SentTimestamp"),
-                    receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
-                )
-            self._hold(received[raw["MessageId"]] for raw in batch)
-            if progress is not None and time.monotonic() - last_report >= 5:
-                progress(len(received))
-                last_report = time.monotonic()
-        return list(received.values())
+            return [_queue_message(raw) for raw in response.get("Messages", [])]
+
+        receiver = ParallelReceiver(
+            fetch, self._hold, limit=limit, threads=self.receive_threads, wait_time_seconds=self.wait_time_seconds
+        )
+        return receiver.run(progress)
 
     # --- holding ----------------------------------------------------------------------------
 
@@ -369,6 +362,17 @@ class SqsResource(ResourceWithBoto3Configuration):
         batches = list(_batches_by_size(list(bodies), lambda body: len(body.encode())))
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqs-send") as pool:
             return sum(pool.map(send, batches))
+
+
+def _queue_message(raw: dict[str, Any]) -> QueueMessage:
+    attrs = raw.get("Attributes", {})
+    return QueueMessage(
+        message_id=raw["MessageId"],
+        receipt_handle=raw["ReceiptHandle"],
+        body=raw.get("Body", ""),
+        sent_timestamp=attrs.get("SentTimestamp"),
+        receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
+    )
 
 
 def _batches_by_size(items: Sequence[Any], size_of: Callable[[Any], int]) -> Iterator[list[Any]]:

@@ -119,6 +119,11 @@ def make_client(settings: SqsResource, protocol: str, endpoint_key: str, region:
     return AutoProtocolClient(endpoint_key, _json_client(settings, region), lambda: _query_client(settings, region))
 
 
+def pool_size(settings: SqsResource) -> int:
+    """HTTP connections to keep: one per receiver and deleter, plus the heartbeat, so no thread waits for one."""
+    return max(10, settings.receive_threads + settings.delete_threads + 1)
+
+
 def _credentials(settings: SqsResource, session: boto3.session.Session) -> dict[str, str]:
     """Explicit keys, else none (boto3's chain), else test/test for a loopback emulator."""
     endpoint = settings.effective_endpoint()
@@ -137,7 +142,7 @@ def _json_client(settings: SqsResource, region: str) -> Any:
     session = boto3.session.Session(profile_name=settings.profile_name)
     config = Config(
         retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-        max_pool_connections=max(10, settings.delete_threads * 2),
+        max_pool_connections=pool_size(settings),
         connect_timeout=5,
         read_timeout=max(30, settings.wait_time_seconds + 10),
     )
@@ -172,5 +177,5 @@ def _query_client(settings: SqsResource, region: str) -> QuerySqsClient:
         connect_timeout=5,
         read_timeout=max(30, settings.wait_time_seconds + 10),
         max_attempts=settings.max_attempts,
-        max_pool_connections=max(10, settings.delete_threads * 2),
+        max_pool_connections=pool_size(settings),
     )
