@@ -27,6 +27,12 @@ COMPOSE = ROOT / "docker-compose.yml"
 SERVICES = {"localstack", "postgres", "dagster-postgres", "user-code", "webserver", "daemon"}
 OUR_IMAGE = "fetch-etl:${FETCH_ETL_TAG:-local}"
 SECRET_NAMES = re.compile(r"PASSWORD|SECRET|_KEY$|DATABASE_URL", re.IGNORECASE)
+ECS_ENV = {
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "PII_MASKING_KEY_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:000000000000:secret:fetch-etl/pii-key",
+    "DATABASE_URL_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:000000000000:secret:fetch-etl/database-url",
+}
 INTERPOLATION = re.compile(r"^\$\{[A-Z_]+(:?[-?][^}]*)?\}$")
 
 
@@ -152,7 +158,11 @@ def test_deploy_workspace_points_at_the_user_code_grpc_server() -> None:
 
 @pytest.mark.parametrize(
     ("config_file", "launcher"),
-    [("dagster.yaml", "DefaultRunLauncher"), ("dagster.docker-run-launcher.yaml", "DockerRunLauncher")],
+    [
+        ("dagster.yaml", "DefaultRunLauncher"),
+        ("dagster.docker-run-launcher.yaml", "DockerRunLauncher"),
+        ("dagster.ecs.yaml", "EcsRunLauncher"),
+    ],
 )
 def test_instance_config_loads_on_postgres_with_the_run_queue(
     config_file: str,
@@ -164,6 +174,8 @@ def test_instance_config_loads_on_postgres_with_the_run_queue(
     for key, value in dagster_pg_env(database_url).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("DAGSTER_RUN_NETWORK", "fetch-etl_default")
+    for key, value in ECS_ENV.items():  # the ECS launcher builds boto3 clients (no call) and resolves secret ARNs
+        monkeypatch.setenv(key, value)
     home = dagster_home(tmp_path, ROOT / "deploy" / config_file)
 
     with DagsterInstance.from_config(str(home)) as instance:
@@ -176,6 +188,14 @@ def test_instance_config_loads_on_postgres_with_the_run_queue(
         (ingest_key,) = INGEST_TAGS
         assert list(queue.tag_concurrency_limits) == [{"key": ingest_key, "limit": 1}]
         assert type(instance.run_launcher).__name__ == launcher
+        if launcher == "EcsRunLauncher":
+            ecs = instance.run_launcher
+            assert ecs.use_current_ecs_task_config and ecs.container_name == "run"
+            assert {s["name"]: s["valueFrom"] for s in ecs.secrets} == {
+                "PII_MASKING_KEY": ECS_ENV["PII_MASKING_KEY_SECRET_ARN"],
+                "DATABASE_URL": ECS_ENV["DATABASE_URL_SECRET_ARN"],
+            }
+            assert "SQS_RECEIVE_THREADS" in ecs.env_vars and "DATABASE_URL" not in ecs.env_vars
         assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 0
         assert instance.run_monitoring_settings["max_runtime_seconds"] == 1800
 
@@ -197,3 +217,16 @@ def test_definitions_validate_for_the_dev_workspace() -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Validation successful for code location fetch_etl.definitions" in result.stdout + result.stderr
+
+
+def test_k8s_variant_shares_storage_queue_and_monitoring_with_the_default() -> None:
+    """dagster-k8s is not installed here, so the K8s file is checked as YAML against the default's sections."""
+    default = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    for name in ("dagster.k8s.yaml", "dagster.ecs.yaml"):
+        variant = yaml.safe_load((ROOT / "deploy" / name).read_text())
+        for section in ("storage", "run_coordinator", "run_monitoring", "telemetry"):
+            assert variant[section] == default[section], (name, section)
+    k8s = yaml.safe_load((ROOT / "deploy" / "dagster.k8s.yaml").read_text())["run_launcher"]
+    assert (k8s["module"], k8s["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    assert k8s["config"]["env_secrets"] == ["fetch-etl-secrets"]
+    assert not {"DATABASE_URL", "PII_MASKING_KEY", "AWS_SECRET_ACCESS_KEY"} & set(k8s["config"]["env_vars"])

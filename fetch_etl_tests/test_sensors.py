@@ -21,10 +21,16 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.test_utils import create_run_for_test
 
 from fetch_etl.definitions import defs
-from fetch_etl.jobs import INGEST_JOB_NAME
+from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_TAGS
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.resources.sqs import SqsResource
-from fetch_etl.sensors import DEFAULT_INTERVAL_SECONDS, login_queue_sensor, sensor_interval
+from fetch_etl.sensors import (
+    DEFAULT_INTERVAL_SECONDS,
+    login_queue_sensor,
+    max_parallel_runs,
+    runs_wanted,
+    sensor_interval,
+)
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl_tests.helpers import closed_port, queue_counts, send, sqs_resource
 
@@ -163,3 +169,60 @@ def test_sensor_interval_reads_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert sensor_interval() == 30
     monkeypatch.setenv("LOGIN_QUEUE_SENSOR_INTERVAL", "7")
     assert sensor_interval() == 7
+
+
+def test_max_parallel_runs_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SQS_MAX_PARALLEL_RUNS", raising=False)
+    assert max_parallel_runs() == 1
+    monkeypatch.setenv("SQS_MAX_PARALLEL_RUNS", "4")
+    assert max_parallel_runs() == 4
+
+
+@pytest.mark.parametrize(("cap", "active_runs", "expected"), [("4", 0, 3), ("4", 2, 1), (None, 0, 1), ("2", 0, 2)])
+def test_a_backlog_fans_out_to_one_run_per_batch_up_to_the_cap(
+    cap: str | None,
+    active_runs: int,
+    expected: int,
+    instance: DagsterInstance,
+    sqs_endpoint: str,
+    sqs_client: Any,
+    queue_urls: QueueUrls,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if cap is None:
+        monkeypatch.delenv("SQS_MAX_PARALLEL_RUNS", raising=False)
+    else:
+        monkeypatch.setenv("SQS_MAX_PARALLEL_RUNS", cap)
+    send(sqs_client, queue_urls.queue_url, generate_bodies(25, seed=16))
+    for _ in range(active_runs):
+        _create_run(instance, DagsterRunStatus.STARTED, INGEST_JOB_NAME)
+
+    requests = _run_requests(_tick(instance, sqs_resource(sqs_endpoint, queue_urls, max_messages_per_run=10)))
+
+    assert len(requests) == expected
+    (ingest_key,) = INGEST_TAGS
+    assert all(r.tags[ingest_key] == INGEST_TAGS[ingest_key] and r.run_key is None for r in requests)
+    assert all(r.tags["fetch_etl/queue_depth"] == "25" for r in requests)
+    assert queue_counts(sqs_client, queue_urls.queue_url) == (25, 0)
+
+
+def test_no_request_once_the_active_runs_cover_the_backlog(
+    instance: DagsterInstance,
+    sqs_endpoint: str,
+    sqs_client: Any,
+    queue_urls: QueueUrls,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SQS_MAX_PARALLEL_RUNS", "4")
+    send(sqs_client, queue_urls.queue_url, generate_bodies(25, seed=17))
+    active = [_create_run(instance, DagsterRunStatus.QUEUED, INGEST_JOB_NAME) for _ in range(3)]
+
+    message = _skip_message(_tick(instance, sqs_resource(sqs_endpoint, queue_urls, max_messages_per_run=10)))
+
+    assert "25 messages waiting" in message and "3 of 3 wanted" in message
+    assert all(run.run_id in message for run in active)
+
+
+def test_runs_wanted_is_ceil_of_depth_over_batch_capped() -> None:
+    assert [runs_wanted(depth, 10, 4) for depth in (1, 10, 11, 25, 40, 41, 10_000)] == [1, 1, 2, 3, 4, 4, 4]
+    assert runs_wanted(25, 10, 1) == 1
