@@ -1,0 +1,305 @@
+"""The things measured: bare drain (limit), the take-home baseline, fetch-etl itself, load vs raw COPY."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import psutil
+import psycopg
+import psycopg2
+import psycopg2.extras
+from botocore.config import Config
+from dagster import materialize
+
+from fetch_etl import batch
+from fetch_etl.assets import masked_logins, raw_login_messages, user_logins
+from fetch_etl.io_managers import batch_io_manager
+from fetch_etl.local_stack import QueueUrls
+from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
+from fetch_etl.resources.sqs import QueueMessage
+from fetch_etl.warehouse import LOGIN_COLUMNS, load_batch, migrate
+
+BENCH_KEY_HEX = "5a" * 32  # a throwaway masking key for synthetic data only
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+_PARALLELISM_FIELDS = ("receive_threads", "receivers", "receive_parallelism", "parallelism")
+
+
+@dataclass
+class Measurement:
+    what: str
+    n: int
+    delay_ms: float
+    seconds: float
+    messages: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_second(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+
+def sqs_client(endpoint: str, pool: int = 16) -> Any:
+    config = Config(max_pool_connections=max(pool, 10), retries={"max_attempts": 3, "mode": "standard"})
+    session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+    return session.client("sqs", endpoint_url=endpoint, config=config)
+
+
+def pipeline_receive_parallelism() -> tuple[int, str]:
+    """Receive threads SqsResource uses, read from its fields (1 when it has no such field)."""
+    fields = SqsResource.model_fields
+    for name in _PARALLELISM_FIELDS:
+        if name in fields and isinstance(fields[name].default, int):
+            return int(fields[name].default), f"SqsResource.{name}"
+    return 1, "SqsResource has no receive-parallelism field: one receiver"
+
+
+def seed(endpoint: str, queue_url: str, bodies: Sequence[str], threads: int = 8) -> float:
+    """Send bodies with parallel SendMessageBatch; returns seconds taken."""
+    client = sqs_client(endpoint, threads)
+    chunks = [bodies[i : i + 10] for i in range(0, len(bodies), 10)]
+
+    def send(chunk: Sequence[str]) -> None:
+        response = client.send_message_batch(
+            QueueUrl=queue_url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)]
+        )
+        if response.get("Failed"):
+            raise RuntimeError(f"seeding failed: {response['Failed'][:1]}")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(send, chunks))
+    return time.perf_counter() - started
+
+
+def _receive(client: Any, queue_url: str) -> list[dict[str, Any]]:
+    return client.receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=900
+    ).get("Messages", [])
+
+
+def _delete(client: Any, queue_url: str, messages: Sequence[dict[str, Any]]) -> None:
+    entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+    client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+
+
+def drain_limit(endpoint: str, queue_url: str, n: int, threads: int, delay_ms: float) -> Measurement:
+    """Bare drain: receive 10 + delete batch in `threads` loops, no processing, until n are handled."""
+    client = sqs_client(endpoint, threads)
+    lock = threading.Lock()
+    done = [0]
+
+    def loop() -> None:
+        while True:
+            with lock:
+                if done[0] >= n:
+                    return
+            messages = _receive(client, queue_url)
+            if not messages:
+                return
+            _delete(client, queue_url, messages)
+            with lock:
+                done[0] += len(messages)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(loop) for _ in range(threads)]:
+            future.result()
+    return Measurement("limit", n, delay_ms, time.perf_counter() - started, done[0], {"threads": threads})
+
+
+BASELINE_DDL = """CREATE TABLE IF NOT EXISTS baseline_logins(
+    user_id varchar(128), device_type varchar(32), masked_ip varchar(256), masked_device_id varchar(256),
+    locale varchar(32), app_version integer, create_date date)"""
+
+
+def _baseline_row(body: str) -> tuple[Any, ...] | None:
+    try:
+        event = json.loads(body)
+        version = int(str(event["app_version"]).replace(".", ""))
+        return (
+            event["user_id"],
+            event["device_type"],
+            hashlib.sha256(event["ip"].encode()).hexdigest(),
+            hashlib.sha256(event["device_id"].encode()).hexdigest(),
+            event.get("locale"),
+            version,
+            time.strftime("%Y-%m-%d"),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def baseline(endpoint: str, queue_url: str, database_url: str, n: int, delay_ms: float) -> Measurement:
+    """The common take-home consumer: one thread; receive 10, sha256, execute_values + commit, delete."""
+    client = sqs_client(endpoint, 1)
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(BASELINE_DDL)
+        conn.commit()
+        handled = loaded = 0
+        started = time.perf_counter()
+        while handled < n:
+            messages = _receive(client, queue_url)
+            if not messages:
+                break
+            rows = [row for m in messages if (row := _baseline_row(m["Body"])) is not None]
+            with conn.cursor() as cur:
+                psycopg2.extras.execute_values(
+                    cur,
+                    "INSERT INTO baseline_logins (user_id, device_type, masked_ip, masked_device_id, locale, "
+                    "app_version, create_date) VALUES %s",
+                    rows,
+                )
+            conn.commit()
+            _delete(client, queue_url, messages)
+            handled += len(messages)
+            loaded += len(rows)
+        seconds = time.perf_counter() - started
+    finally:
+        conn.close()
+    return Measurement("baseline", n, delay_ms, seconds, handled, {"loaded": loaded})
+
+
+class _RssSampler:
+    """Peak resident set size of this process while a run executes (sampled every 20 ms)."""
+
+    def __init__(self) -> None:
+        self.proc = psutil.Process()
+        self.before = self.proc.memory_info().rss
+        self.peak = self.before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def _first_in_flight(client: Any, queue_url: str, stop: threading.Event, out: dict[str, float]) -> None:
+    """Time the first message goes in flight (polled every 10 ms on the direct endpoint): the first receive."""
+    while not stop.is_set():
+        attrs = client.get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        if int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)) > 0:
+            out["first_receive"] = time.perf_counter()
+            return
+        stop.wait(0.01)
+
+
+def _node_metadata(result: Any, node: str) -> dict[str, Any]:
+    (event,) = result.asset_materializations_for_node(node)
+    return {key: getattr(value, "value", value) for key, value in event.metadata.items()}
+
+
+def fetch_etl_run(
+    endpoint: str, direct_endpoint: str, queues: QueueUrls, database_url: str, n: int, delay_ms: float
+) -> Measurement:
+    """The three assets materialized in-process, end to end, with explicit resources."""
+    resources = {
+        "sqs": SqsResource(
+            queue_url=queues.queue_url,
+            dlq_url=queues.dlq_url,
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            protocol="json",
+            wait_time_seconds=1,
+            visibility_timeout=900,
+            max_messages_per_run=n,
+        ),
+        "postgres": PostgresResource(database_url=database_url),
+        "pii_masking": PiiMaskingResource(key=BENCH_KEY_HEX, mode="hmac"),
+        "batch_io_manager": batch_io_manager,
+    }
+    marks: dict[str, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_first_in_flight, args=(sqs_client(direct_endpoint, 1), queues.queue_url, stop, marks), daemon=True
+    )
+    watcher.start()
+    with _RssSampler() as rss:
+        started = time.perf_counter()
+        result = materialize(
+            [raw_login_messages, masked_logins, user_logins], resources=resources, run_config=QUIET_RUN_CONFIG
+        )
+        seconds = time.perf_counter() - started
+    stop.set()
+    watcher.join()
+    raw = _node_metadata(result, "raw_login_messages")
+    masked = _node_metadata(result, "masked_logins")
+    loaded = _node_metadata(result, "user_logins")
+    stages = {
+        "receive": raw.get("elapsed_seconds"),
+        "parse_mask": masked.get("elapsed_seconds"),
+        "load_dlq_delete": loaded.get("elapsed_seconds"),
+    }
+    extra = {
+        "stages_seconds": stages,
+        "stages_per_second": {k: round(n / v, 1) if v else None for k, v in stages.items()},
+        "received": raw.get("received"),
+        "loaded": loaded.get("loaded"),
+        "rejected": loaded.get("rejected"),
+        "deleted": loaded.get("deleted_from_queue"),
+        "run_elapsed_seconds": loaded.get("run_elapsed_seconds"),
+        "start_to_first_receive_seconds": round(marks["first_receive"] - started, 3) if marks else None,
+        "peak_rss_mb": round(rss.peak / 2**20, 1),
+        "rss_before_mb": round(rss.before / 2**20, 1),
+    }
+    return Measurement("fetch-etl", n, delay_ms, seconds, int(raw.get("received") or 0), extra)
+
+
+def load_vs_copy(database_url: str, bodies: Sequence[str]) -> dict[str, Any]:
+    """fetch_etl.warehouse.load_batch on a masked frame vs a plain COPY of the same rows into a fresh table."""
+    now_ms = str(int(time.time() * 1000))
+    messages = [QueueMessage(str(uuid.uuid4()), "r", body, now_ms, 1) for body in bodies]
+    masker = PiiMaskingResource(key=BENCH_KEY_HEX, mode="hmac").masker()
+    started = time.perf_counter()
+    frame = batch.mask_messages(messages, masker)
+    mask_seconds = time.perf_counter() - started
+    logins, rejects = batch.loadable(frame), batch.rejected(frame)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate(conn)
+        started = time.perf_counter()
+        result = load_batch(conn, logins, rejects)
+        load_seconds = time.perf_counter() - started
+        table = logins.loc[:, list(LOGIN_COLUMNS)].astype(object)
+        rows = [tuple(None if v is None or v != v else v for v in row) for row in table.itertuples(False, None)]
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("CREATE TABLE raw_copy (LIKE user_logins INCLUDING DEFAULTS)")
+            started = time.perf_counter()
+            with cur.copy(f"COPY raw_copy ({', '.join(LOGIN_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        copy_seconds = time.perf_counter() - started
+    return {
+        "n": len(bodies),
+        "rows": len(logins),
+        "inserted": result.inserted,
+        "mask_seconds": round(mask_seconds, 4),
+        "mask_per_second": round(len(bodies) / mask_seconds, 1),
+        "load_seconds": round(load_seconds, 4),
+        "load_rows_per_second": round(len(logins) / load_seconds, 1),
+        "copy_seconds": round(copy_seconds, 4),
+        "copy_rows_per_second": round(len(rows) / copy_seconds, 1),
+    }
