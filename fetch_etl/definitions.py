@@ -44,6 +44,7 @@ defs = Definitions(
             protocol=env_str("SQS_PROTOCOL", "auto"),
             max_receive_count=env_int("SQS_MAX_RECEIVE_COUNT", 10),
             receive_threads=env_int("SQS_RECEIVE_THREADS", 4),
+            delete_threads=env_int("SQS_DELETE_THREADS", 4),
         ),
         "postgres": PostgresResource(database_url=env_str("DATABASE_URL", DEFAULT_DATABASE_URL)),
         "pii_masking": PiiMaskingResource(

@@ -169,6 +169,9 @@ class LocalStack:
             "DATABASE_URL": self.database_url,
             "PII_MASKING_KEY_FILE": str(self.key_file.resolve()),
             "DAGSTER_HOME": str(self.dagster_home),
+            # moto's server is not safe for concurrent changes to one queue: parallel DeleteMessageBatch
+            # calls can put back messages another call just deleted. Real SQS and LocalStack are.
+            "SQS_DELETE_THREADS": "1",
         }
 
     def _started_queues(self) -> QueueUrls:

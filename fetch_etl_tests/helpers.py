@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ def sqs_resource(endpoint: str, queues: QueueUrls, **overrides: Any) -> SqsResou
         "aws_secret_access_key": "test",
         "wait_time_seconds": 0,
         "visibility_timeout": 30,
+        "delete_threads": 1,  # see LocalStack.env(): moto loses deletes made in parallel on one queue
     }
     settings.update(overrides)
     return SqsResource(**settings)
@@ -88,6 +90,14 @@ def queue_counts(sqs_client: Any, queue_url: str) -> tuple[int, int]:
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def wait_until_none_in_flight(sqs_client: Any, queue_url: str, timeout: float = 30) -> None:
+    """Wait for every held message to come back: a dead run's heartbeat may have extended some just before."""
+    deadline = time.monotonic() + timeout
+    while queue_counts(sqs_client, queue_url)[1] and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert queue_counts(sqs_client, queue_url)[1] == 0, "messages stayed in flight past the visibility timeout"
 
 
 def drain(sqs_client: Any, queue_url: str) -> list[dict[str, Any]]:
@@ -168,6 +178,7 @@ def pipeline_env(sqs_endpoint: str, queues: QueueUrls, database_url: str, **sett
         SQS_QUEUE_URL=queues.queue_url,
         SQS_DLQ_URL=queues.dlq_url,
         DATABASE_URL=database_url,
+        SQS_DELETE_THREADS="1",
         **settings,
     )
 

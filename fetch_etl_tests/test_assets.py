@@ -27,6 +27,7 @@ from fetch_etl_tests.helpers import (
     run_pipeline,
     send,
     sqs_resource,
+    wait_until_none_in_flight,
 )
 
 
@@ -105,9 +106,7 @@ def test_redelivered_messages_are_not_duplicated(
     first = metadata(run_pipeline(resources(sqs_endpoint, queue_urls, database_url, sqs=crashing)))
     assert (first["loaded"], first["delete_failures"]) == (20, 21)
 
-    import time
-
-    time.sleep(1.5)  # the visibility timeout expires: SQS redelivers the same MessageIds
+    wait_until_none_in_flight(sqs_client, queue_urls.queue_url)  # SQS redelivers the same MessageIds
     second = metadata(run_pipeline(resources(sqs_endpoint, queue_urls, database_url)))
     assert (second["received"], second["loaded"], second["already_present"]) == (21, 0, 20)
     assert second["dead_lettered"] == 0, "the reject reached the DLQ in the first run; not forwarded twice"

@@ -39,6 +39,7 @@ from fetch_etl_tests.helpers import (
     run_pipeline,
     send,
     sqs_resource,
+    wait_until_none_in_flight,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +84,9 @@ def test_a_run_killed_at_any_stage_is_completed_by_the_next(
     if point in ("after_receive", "after_mask"):
         assert fetch_all(database_url, "SELECT count(*) FROM user_logins")[0][0] == 0, "nothing loaded yet"
 
-    time.sleep(2.5)  # the killed run's visibility timeout expires: SQS redelivers what it held
+    # The killed run's visibility timeout (2 s, perhaps just extended by its heartbeat) runs out: SQS
+    # redelivers what it held.
+    wait_until_none_in_flight(sqs_client, queue_urls.queue_url)
     run_pipeline(resources(sqs_endpoint, queue_urls, database_url))
     assert_exactly_once(sqs_client, queue_urls, database_url, valid, rejected)
 

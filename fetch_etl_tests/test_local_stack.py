@@ -173,6 +173,7 @@ def test_local_stack_runs_both_services_and_stops_them(tmp_path: Path) -> None:
         assert set(env) == {
             "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
             "SQS_QUEUE_URL", "SQS_DLQ_URL", "DATABASE_URL", "PII_MASKING_KEY_FILE", "DAGSTER_HOME",
+            "SQS_DELETE_THREADS",
         }  # fmt: skip
         assert stack.dev_key_created and Path(env["PII_MASKING_KEY_FILE"]).is_absolute()
         assert stack.queue_url.endswith("/logins") and stack.dlq_url.endswith("/logins-dlq")
