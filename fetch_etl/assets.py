@@ -175,6 +175,7 @@ def user_logins(
             "received": len(raw_login_messages),
             "loaded": result.inserted,
             "already_present": result.already_present,
+            "load_path": result.path,
             "rejected": len(rejected),
             "rejected_by_reason": MetadataValue.json(batch.stats(masked_logins).rejected_by_reason),
             "dead_lettered": len(forwarded),

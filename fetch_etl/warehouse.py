@@ -6,8 +6,7 @@ pipeline needs (idempotency key, raw version, load time, key id) and never chang
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +110,7 @@ class LoadResult:
     # Rejected MessageIds of this batch not yet in the dead-letter queue / already there.
     to_dead_letter: list[str] = field(default_factory=list)
     already_dead_lettered: list[str] = field(default_factory=list)
+    path: str = "none"  # "copy" (straight into the table), "merge" (temp table + ON CONFLICT) or "none"
 
     @property
     def already_present(self) -> int:
@@ -170,38 +170,58 @@ def retire_mask_key(conn: psycopg.Connection, old_key_id: str, new_key_id: str, 
         )
 
 
-def _clean(value: Any) -> Any:
-    """pandas missing values (NaN, NA, NaT) as SQL NULL."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def _rows(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[Any, ...]]:
-    # tolist() turns numpy scalars into Python ones, which psycopg adapts.
-    values = [[_clean(v) for v in frame[column].tolist()] for column in columns]
+def rows_for_copy(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Rows as Python tuples for COPY: column by column (tolist() gives Python scalars), missing values as None."""
+    values = []
+    for column in columns:
+        series = frame[column]
+        cells = series.tolist()
+        missing = series.isna()
+        if missing.any():  # pandas NaN / NA / NaT -> SQL NULL
+            cells = [None if gone else cell for cell, gone in zip(cells, missing.tolist(), strict=True)]
+        values.append(cells)
     return list(zip(*values, strict=True))
 
 
+def _copy(cur: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _insert_logins(cur: psycopg.Cursor[Any], logins: pd.DataFrame) -> tuple[int, str]:
+    """Insert the batch's logins that are not in the table yet; returns (inserted, path).
+
+    Fast path "copy": COPY straight into `user_logins` inside a savepoint, `loaded_at` = the transaction's
+    now(). If any MessageId is already there (a redelivery after a crash, or a concurrent run holding the
+    same message), the unique index refuses the COPY, the savepoint undoes it, and the "merge" path runs:
+    COPY into a temp table, then INSERT ... ON CONFLICT (message_id) DO NOTHING.
+    """
+    rows = rows_for_copy(logins, LOGIN_COLUMNS)
+    row = cur.execute("SELECT now()").fetchone()
+    loaded_at = row[0] if row else None
+    try:
+        with cur.connection.transaction():
+            _copy(cur, "user_logins", (*LOGIN_COLUMNS, "loaded_at"), ((*r, loaded_at) for r in rows))
+        return len(rows), "copy"
+    except psycopg.errors.UniqueViolation:
+        pass
+    cur.execute(_STAGE_DDL)
+    _copy(cur, "fetch_etl_stage", LOGIN_COLUMNS, rows)
+    columns = ", ".join(LOGIN_COLUMNS)
+    cur.execute(
+        f"INSERT INTO user_logins ({columns}, loaded_at) SELECT {columns}, now() FROM fetch_etl_stage "
+        "ON CONFLICT (message_id) DO NOTHING"
+    )
+    return cur.rowcount, "merge"
+
+
 def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataFrame) -> LoadResult:
-    """In ONE transaction: COPY logins to a temp table, insert the new ones, record rejects."""
+    """In ONE transaction: insert the new logins (COPY; merge on redelivery) and record rejects."""
     reject_ids = rejects["message_id"].tolist() if len(rejects) else []
+    unique_logins = logins.drop_duplicates("message_id")  # SQS may hand one message out twice in a batch
     with conn.transaction(), conn.cursor() as cur:
-        inserted = 0
-        if len(logins):
-            cur.execute(_STAGE_DDL)
-            with cur.copy(f"COPY fetch_etl_stage ({', '.join(LOGIN_COLUMNS)}) FROM STDIN") as copy:
-                for row in _rows(logins, LOGIN_COLUMNS):
-                    copy.write_row(row)
-            columns = ", ".join(LOGIN_COLUMNS)
-            cur.execute(
-                f"INSERT INTO user_logins ({columns}, loaded_at) "
-                f"SELECT DISTINCT ON (message_id) {columns}, now() FROM fetch_etl_stage "
-                "ON CONFLICT (message_id) DO NOTHING"
-            )
-            inserted = cur.rowcount
+        inserted, path = _insert_logins(cur, unique_logins) if len(unique_logins) else (0, "none")
         recorded = 0
         to_dead_letter: list[str] = []
         already: list[str] = []
@@ -209,7 +229,7 @@ def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataF
             cur.executemany(
                 f"INSERT INTO user_logins_rejected ({', '.join(REJECT_COLUMNS)}) "
                 f"VALUES ({', '.join(['%s'] * len(REJECT_COLUMNS))}) ON CONFLICT (message_id) DO NOTHING",
-                _rows(rejects, REJECT_COLUMNS),
+                rows_for_copy(rejects, REJECT_COLUMNS),
             )
             recorded = max(cur.rowcount, 0)
             cur.execute(
@@ -224,6 +244,7 @@ def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataF
         rejects_recorded=recorded,
         to_dead_letter=to_dead_letter,
         already_dead_lettered=already,
+        path=path,
     )
 
 
