@@ -16,8 +16,14 @@ from typing import Any
 import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRun, RunsFilter
+from dagster._core.code_pointer import ModuleCodePointer
+from dagster._core.launcher import LaunchRunContext
+from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.utils import make_new_run_id
+from kubernetes.client import BatchV1Api, Configuration
+from kubernetes.client.rest import RESTClientObject
+from kubernetes.config import incluster_config
 
 from fetch_etl.jobs import INGEST_TAGS
 from fetch_etl_tests.deploy_env import ROOT, dagster_home, dagster_pg_env
@@ -32,8 +38,55 @@ ECS_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
     "PII_MASKING_KEY_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:000000000000:secret:fetch-etl/pii-key",
     "DATABASE_URL_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:000000000000:secret:fetch-etl/database-url",
+    "DAGSTER_PG_PASSWORD_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:000000000000:secret:fetch-etl/dagster-pg",
 }
 INTERPOLATION = re.compile(r"^\$\{[A-Z_]+(:?[-?][^}]*)?\}$")
+# What the daemon's pod sees of its cluster: its namespace setting and the API server's address. The service
+# account's token and CA files are written by `fake_pod_service_account`.
+K8S_ENV = {
+    "DAGSTER_K8S_NAMESPACE": "fetch-etl",
+    "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+    "KUBERNETES_SERVICE_PORT": "443",
+}
+# The settings dagster.k8s.yaml copies from the daemon's environment into each run's Job (all must be set).
+K8S_RUN_SETTINGS = {
+    "SQS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/000000000000/login-queue",
+    "SQS_DLQ_URL": "https://sqs.us-east-1.amazonaws.com/000000000000/login-queue-dlq",
+    "SQS_PROTOCOL": "auto",
+    "SQS_RECEIVE_THREADS": "4",
+    "SQS_MAX_MESSAGES_PER_RUN": "10000",
+    "SQS_VISIBILITY_TIMEOUT": "900",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+K8S_RUN_IMAGE = "registry.example/fetch-etl:1.2.3"  # the code location's DAGSTER_CURRENT_IMAGE
+
+
+def fake_pod_service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """Let `load_incluster_config: true` load outside a cluster: the service host and port variables and the
+    mounted service account token and CA, as Kubernetes gives them to a pod. Nothing may reach an API server:
+    any request fails the test, and Job creations are recorded in the returned list as (namespace, body)."""
+    for key, value in K8S_ENV.items():
+        monkeypatch.setenv(key, value)
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("test-token")
+    (account / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nnot used: no connection is made\n")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(account / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(account / "ca.crt"))
+    monkeypatch.setattr(Configuration, "_default", Configuration._default)  # restored after the test
+
+    def no_cluster(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a request to the Kubernetes API server: {args[1:3]}")
+
+    created: list[tuple[str, Any]] = []
+
+    def create_namespaced_job(self: BatchV1Api, namespace: str, body: Any, **kwargs: Any) -> Any:
+        created.append((namespace, body))
+        return body
+
+    monkeypatch.setattr(RESTClientObject, "request", no_cluster)
+    monkeypatch.setattr(BatchV1Api, "create_namespaced_job", create_namespaced_job)
+    return created
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +215,7 @@ def test_deploy_workspace_points_at_the_user_code_grpc_server() -> None:
         ("dagster.yaml", "DefaultRunLauncher"),
         ("dagster.docker-run-launcher.yaml", "DockerRunLauncher"),
         ("dagster.ecs.yaml", "EcsRunLauncher"),
+        ("dagster.k8s.yaml", "K8sRunLauncher"),
     ],
 )
 def test_instance_config_loads_on_postgres_with_the_run_queue(
@@ -176,6 +230,8 @@ def test_instance_config_loads_on_postgres_with_the_run_queue(
     monkeypatch.setenv("DAGSTER_RUN_NETWORK", "fetch-etl_default")
     for key, value in ECS_ENV.items():  # the ECS launcher builds boto3 clients (no call) and resolves secret ARNs
         monkeypatch.setenv(key, value)
+    if launcher == "K8sRunLauncher":  # it loads the pod's in-cluster config when constructed
+        fake_pod_service_account(tmp_path, monkeypatch)
     home = dagster_home(tmp_path, ROOT / "deploy" / config_file)
 
     with DagsterInstance.from_config(str(home)) as instance:
@@ -194,8 +250,19 @@ def test_instance_config_loads_on_postgres_with_the_run_queue(
             assert {s["name"]: s["valueFrom"] for s in ecs.secrets} == {
                 "PII_MASKING_KEY": ECS_ENV["PII_MASKING_KEY_SECRET_ARN"],
                 "DATABASE_URL": ECS_ENV["DATABASE_URL_SECRET_ARN"],
+                "DAGSTER_PG_PASSWORD": ECS_ENV["DAGSTER_PG_PASSWORD_SECRET_ARN"],
             }
-            assert "SQS_RECEIVE_THREADS" in ecs.env_vars and "DATABASE_URL" not in ecs.env_vars
+            assert "SQS_RECEIVE_THREADS" in ecs.env_vars
+            assert not [name for name in ecs.env_vars if SECRET_NAMES.search(name)], "secrets come from ARNs"
+        if launcher == "K8sRunLauncher":
+            k8s = instance.run_launcher
+            assert k8s.job_namespace == K8S_ENV["DAGSTER_K8S_NAMESPACE"]
+            assert k8s.service_account_name == "fetch-etl-run" and k8s.image_pull_policy == "IfNotPresent"
+            assert k8s.job_image is None, "each run uses its code location's image"
+            assert k8s.env_secrets == ["fetch-etl-secrets"]
+            assert "SQS_RECEIVE_THREADS" in k8s.env_vars
+            assert not [name for name in k8s.env_vars if SECRET_NAMES.search(name)], "secrets come from the Secret"
+            assert Configuration.get_default_copy().host == "https://10.96.0.1:443"
         assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 0
         assert instance.run_monitoring_settings["max_runtime_seconds"] == 1800
 
@@ -219,14 +286,58 @@ def test_definitions_validate_for_the_dev_workspace() -> None:
     assert "Validation successful for code location fetch_etl.definitions" in result.stdout + result.stderr
 
 
+def test_k8s_launcher_turns_a_run_into_a_job_without_a_cluster(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Job dagster.k8s.yaml's launcher submits for a run, recorded instead of sent to a cluster."""
+    for key, value in {**dagster_pg_env(database_url), **K8S_RUN_SETTINGS}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    created = fake_pod_service_account(tmp_path, monkeypatch)
+    home = dagster_home(tmp_path, ROOT / "deploy" / "dagster.k8s.yaml")
+    origin = JobPythonOrigin(
+        "ingest_logins",
+        RepositoryPythonOrigin(
+            executable_path="/usr/local/bin/python",
+            code_pointer=ModuleCodePointer("fetch_etl.definitions", "defs", "/opt/dagster/app"),
+            container_image=K8S_RUN_IMAGE,
+        ),
+    )
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        run = instance.add_run(
+            DagsterRun(job_name="ingest_logins", run_id=make_new_run_id(), tags=INGEST_TAGS, job_code_origin=origin)
+        )
+        instance.run_launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+
+        ((namespace, job),) = created
+        assert namespace == K8S_ENV["DAGSTER_K8S_NAMESPACE"]
+        assert job.metadata.name == f"dagster-run-{run.run_id}"
+        pod = job.spec.template.spec
+        assert pod.service_account_name == "fetch-etl-run"
+        (container,) = pod.containers
+        assert container.image == K8S_RUN_IMAGE and container.image_pull_policy == "IfNotPresent"
+        # The run's instance config travels in its command (the ConfigMap is not mounted into run pods).
+        assert container.args[-3:-1] == ["api", "execute_run"] and '"InstanceRef"' in container.args[-1]
+        assert [source.secret_ref.name for source in container.env_from] == ["fetch-etl-secrets"]
+        env = {var.name: var.value for var in container.env}
+        assert env["DAGSTER_HOME"] == "/opt/dagster/home" and env["DAGSTER_RUN_JOB_NAME"] == "ingest_logins"
+        copied = {**K8S_RUN_SETTINGS, "DAGSTER_PG_HOST": dagster_pg_env(database_url)["DAGSTER_PG_HOST"]}
+        assert {key: env.get(key) for key in copied} == copied, "copied from the daemon's environment"
+        assert not [name for name in env if SECRET_NAMES.search(name)], "no secret value is written into the Job"
+        assert container.resources.requests == {"cpu": "1", "memory": "2Gi"}
+        assert container.resources.limits == {"memory": "2Gi"}
+
+        (stored,) = instance.get_runs(RunsFilter(run_ids=[run.run_id]))
+        assert stored.tags["dagster/image"] == K8S_RUN_IMAGE
+        assert instance.all_logs(run.run_id)[-1].message.endswith("Kubernetes run worker job created")
+
+
 def test_k8s_variant_shares_storage_queue_and_monitoring_with_the_default() -> None:
-    """dagster-k8s is not installed here, so the K8s file is checked as YAML against the default's sections."""
+    """The cloud variants differ from deploy/dagster.yaml only in their run launcher."""
     default = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
     for name in ("dagster.k8s.yaml", "dagster.ecs.yaml"):
         variant = yaml.safe_load((ROOT / "deploy" / name).read_text())
         for section in ("storage", "run_coordinator", "run_monitoring", "telemetry"):
             assert variant[section] == default[section], (name, section)
-    k8s = yaml.safe_load((ROOT / "deploy" / "dagster.k8s.yaml").read_text())["run_launcher"]
-    assert (k8s["module"], k8s["class"]) == ("dagster_k8s", "K8sRunLauncher")
-    assert k8s["config"]["env_secrets"] == ["fetch-etl-secrets"]
-    assert not {"DATABASE_URL", "PII_MASKING_KEY", "AWS_SECRET_ACCESS_KEY"} & set(k8s["config"]["env_vars"])
+        assert set(variant) == set(default), name
