@@ -68,6 +68,28 @@ def rows(results: Sequence[Measurement]) -> list[dict[str, Any]]:
     return out
 
 
+def scale_out_rows(results: Sequence[Measurement]) -> list[dict[str, Any]]:
+    """One row per parallel-runs measurement: k processes, msg/s, and the gain over one process."""
+    out = []
+    for m in sorted((m for m in results if "parallel_runs" in m.extra), key=lambda m: (m.n, m.delay_ms, m.what)):
+        one = next(
+            (o for o in results if o.extra.get("parallel_runs") == 1 and (o.n, o.delay_ms) == (m.n, m.delay_ms)), None
+        )
+        out.append(
+            {
+                "N": m.n,
+                "delay ms": m.delay_ms,
+                "runs": m.extra["parallel_runs"],
+                "per run": m.extra["run_size"],
+                "msg/s": round(m.per_second),
+                "vs 1 run": _fmt(_ratio(m, one)),
+                "seconds": round(m.seconds, 1),
+                "launch→1st receive s": m.extra["launch_to_first_receive_seconds"],
+            }
+        )
+    return out
+
+
 def _fmt(value: float | None) -> float | None:
     return round(value, 2) if value is not None else None
 
@@ -84,8 +106,12 @@ def targets(results: Sequence[Measurement], loads: Sequence[dict[str, Any]], del
         for n in (10_000, 100_000):
             r = _ratio(_find(results, "fetch-etl", n, d), _find(results, "limit", n, d))
             add(f"fetch-etl >= 80% of limit, N={n:,}, delay {d:g} ms", r, r is not None and r >= 0.8)
-        r = _ratio(_find(results, "fetch-etl", 100_000, d), _find(results, "fetch-etl", 10_000, d))
+        small, large = _find(results, "fetch-etl", 10_000, d), _find(results, "fetch-etl", 100_000, d)
+        r = _ratio(large, small)
         add(f"fetch-etl msg/s at 100k within 20% of 10k, delay {d:g} ms", r, r is not None and abs(r - 1) <= 0.2)
+        if small and large:
+            r = large.extra["peak_rss_mb"] / small.extra["peak_rss_mb"]
+            add(f"fetch-etl peak RSS at 100k <= 1.2x at 10k (bounded by the run's batch), delay {d:g} ms", r, r <= 1.2)
     if delay:
         r = _ratio(_find(results, "fetch-etl", 10_000, delay), _find(results, "baseline", 10_000, delay))
         add(f"fetch-etl >= 10x baseline, N=10,000, delay {delay:g} ms", r, r is not None and r >= 10)
@@ -98,6 +124,10 @@ def targets(results: Sequence[Measurement], loads: Sequence[dict[str, Any]], del
 def print_report(results: Sequence[Measurement], loads: Sequence[dict[str, Any]], checks: Sequence[dict]) -> None:
     print(tabulate(rows(results), headers="keys", tablefmt="github"))
     print()
+    scale = scale_out_rows(results)
+    if scale:
+        print(tabulate(scale, headers="keys", tablefmt="github"))
+        print()
     print(tabulate(loads, headers="keys", tablefmt="github"))
     print()
     print(tabulate(checks, headers="keys", tablefmt="github"))
@@ -121,7 +151,7 @@ def measurement_dict(m: Measurement) -> dict[str, Any]:
 
 
 def write_chart(path: Path, results: Sequence[Measurement], title: str) -> bool:
-    """Throughput against N for limit/baseline/fetch-etl, solid on loopback, dashed with the delay."""
+    """Throughput against N (limit/baseline/fetch-etl; solid loopback, dashed delayed) and against parallel runs."""
     try:
         import matplotlib
 
@@ -131,7 +161,9 @@ def write_chart(path: Path, results: Sequence[Measurement], title: str) -> bool:
         print("matplotlib missing: no chart (run with `uv run --group bench ...`)")
         return False
     colors = {"limit": "tab:gray", "baseline": "tab:red", "fetch-etl": "tab:blue"}
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    scale = [m for m in results if "parallel_runs" in m.extra]
+    fig, axes = plt.subplots(1, 2 if scale else 1, figsize=(13 if scale else 8, 5), dpi=110, squeeze=False)
+    ax = axes[0][0]
     for delay in sorted({m.delay_ms for m in results}):
         for kind in KINDS:
             points = sorted((m.n, m.per_second) for m in results if m.what == kind and m.delay_ms == delay)
@@ -147,6 +179,20 @@ def write_chart(path: Path, results: Sequence[Measurement], title: str) -> bool:
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    if scale:
+        right = axes[0][1]
+        for n, delay in sorted({(m.n, m.delay_ms) for m in scale}):
+            points = sorted((m.extra["parallel_runs"], m.per_second) for m in scale if (m.n, m.delay_ms) == (n, delay))
+            xs, ys = zip(*points, strict=True)
+            label = f"N={n:,}, {'loopback' if not delay else f'+{delay:g} ms'}"
+            right.plot(xs, ys, marker="o", linestyle="-" if not delay else "--", label=label)
+        right.set_xticks(sorted({m.extra["parallel_runs"] for m in scale}))
+        right.set_xlabel("parallel runs (dagster asset materialize processes)")
+        right.set_ylabel("messages per second, launch to last exit")
+        right.set_ylim(bottom=0)
+        right.set_title("scale-out across runs on one queue", fontsize=9)
+        right.grid(True, alpha=0.3)
+        right.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -39,8 +39,10 @@ from benchmarks.consumers import (
 )
 from benchmarks.localstack_env import LocalStackServer, ensure_localstack_python, localstack_version
 from benchmarks.relay import RelayProcess
+from benchmarks.scale_out import parallel_runs
 from fetch_etl.local_servers import EmbeddedPostgres, create_database, drop_database
 from fetch_etl.local_stack import create_queue_pair
+from fetch_etl.resources import SqsResource
 from fetch_etl.synthetic import generate_bodies
 
 RESULTS = Path(__file__).parent / "results"
@@ -59,6 +61,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--localstack-python", default=None, help="interpreter with localstack-core installed")
     parser.add_argument("--kinds", default="limit,baseline,fetch-etl", help="which consumers to measure")
+    parser.add_argument(
+        "--run-size",
+        type=int,
+        default=SqsResource.model_fields["max_messages_per_run"].default,
+        help="fetch-etl drains N in back-to-back runs of at most this many (default: SQS_MAX_MESSAGES_PER_RUN's)",
+    )
+    parser.add_argument(
+        "--parallel-runs", default="1,2,4", help="k for the scale-out pass: k dagster processes at once ('' = skip)"
+    )
+    parser.add_argument("--parallel-n", type=int, default=10_000, help="N for the scale-out pass (default 10000)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -80,10 +92,14 @@ def _on_sigterm(*_: Any) -> NoReturn:
 
 
 class Bench:
-    def __init__(self, localstack: LocalStackServer, pg_url: str, relay: RelayProcess | None) -> None:
+    def __init__(
+        self, localstack: LocalStackServer, pg_url: str, relay: RelayProcess | None, workdir: Path, run_size: int
+    ) -> None:
         self.localstack = localstack
         self.pg_url = pg_url
         self.relay = relay
+        self.workdir = workdir
+        self.run_size = run_size
         self.direct = sqs_client(localstack.endpoint)
         self.counter = 0
 
@@ -98,7 +114,7 @@ class Bench:
         name = f"bench_{self.counter}_{label.replace('-', '_')}"
         return name, create_database(self.pg_url, name)
 
-    def measure(self, kind: str, bodies: list[str], delay: float, threads: int) -> Measurement:
+    def measure(self, kind: str, bodies: list[str], delay: float, threads: int, runs: int = 1) -> Measurement:
         n = len(bodies)
         endpoint = self.relay.endpoint if delay and self.relay else self.localstack.endpoint
         queues, seeded = self._queue(kind, bodies)
@@ -109,9 +125,12 @@ class Bench:
             elif kind == "baseline":
                 name, url = self._database(kind)
                 result = baseline(endpoint, queues.queue_url, url, n, delay)
+            elif kind == "fetch-etl":
+                name, url = self._database(kind)
+                result = fetch_etl_run(endpoint, self.localstack.endpoint, queues, url, n, delay, self.run_size)
             else:
                 name, url = self._database(kind)
-                result = fetch_etl_run(endpoint, self.localstack.endpoint, queues, url, n, delay)
+                result = parallel_runs(endpoint, self.localstack.endpoint, queues, url, n, runs, delay, self.workdir)
         finally:
             for queue_url in queues:
                 with contextlib.suppress(Exception):
@@ -120,7 +139,9 @@ class Bench:
                 drop_database(self.pg_url, name)
         result.extra["seed_seconds"] = round(seeded, 2)
         result.extra["loadavg_1m_after"] = round(os.getloadavg()[0], 2)  # other work on the machine shows here
-        print(f"  {kind:9} N={n:>7,} delay={delay:g} ms: {result.per_second:8.0f} msg/s ({result.seconds:.2f} s)")
+        print(
+            f"  {result.what:9} N={n:>7,} delay={delay:g} ms: {result.per_second:8.0f} msg/s ({result.seconds:.2f} s)"
+        )
         return result
 
     def load(self, bodies: list[str]) -> dict[str, Any]:
@@ -149,7 +170,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         relay = None
         if args.delay_ms:
             relay = stack.enter_context(RelayProcess(localstack.port, args.delay_ms / 1000))
-        bench = Bench(localstack, pg_url, relay)
+        bench = Bench(localstack, pg_url, relay, workdir, args.run_size)
         print("warm-up run (not measured)")
         bench.measure("fetch-etl", generate_bodies(50, seed=1), 0.0, threads)
         results: list[Measurement] = []
@@ -166,6 +187,12 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                     continue
                 for kind in kinds:
                     results.append(bench.measure(kind, bodies, delay, threads))
+        parallel = [int(k) for k in args.parallel_runs.split(",") if k.strip()]
+        if parallel:
+            bodies = generate_bodies(args.parallel_n, seed=args.parallel_n)
+            for delay in delays:
+                for k in parallel:
+                    results.append(bench.measure("parallel", bodies, delay, threads, runs=k))
         with psycopg.connect(pg_url) as conn:
             postgres_version = conn.execute("SHOW server_version").fetchone()[0]
         machine = report.machine(python, localstack_version(python), postgres_version)
@@ -187,8 +214,12 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             "receive_parallelism": threads,
             "receive_parallelism_source": threads_source,
             "bodies": "fetch_etl.synthetic.generate_bodies(N, seed=N): 1% malformed",
-            "fetch_etl_resources": "SqsResource(wait_time_seconds=1, max_messages_per_run=N, protocol=json), "
-            "PiiMaskingResource(hmac), in-process dagster.materialize of the three assets",
+            "fetch_etl_resources": f"SqsResource(defaults, protocol=json, max_messages_per_run={args.run_size}), "
+            "PiiMaskingResource(hmac), in-process dagster.materialize of the three assets, back-to-back runs until "
+            "N are handled",
+            "scale_out": f"k `dagster asset materialize -m fetch_etl.definitions --select '*'` processes launched "
+            f"together on one queue of N={args.parallel_n:,}, SQS_MAX_MESSAGES_PER_RUN=ceil(N/k), clock from first "
+            "launch to last exit (includes Python/Dagster start-up and the asset checks)",
         },
         "measurements": [report.measurement_dict(m) for m in results],
         "load_vs_copy": loads,
