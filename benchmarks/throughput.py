@@ -37,7 +37,7 @@ from benchmarks.consumers import (
     seed,
     sqs_client,
 )
-from benchmarks.localstack_env import LocalStackServer, ensure_localstack_python, localstack_version
+from benchmarks.localstack_env import GATEWAYS, LocalStackServer, ensure_localstack_python, localstack_version
 from benchmarks.relay import RelayProcess
 from benchmarks.scale_out import parallel_runs
 from fetch_etl.local_servers import EmbeddedPostgres, create_database, drop_database
@@ -60,6 +60,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--delay-max-n", type=int, default=None, help="run the delayed pass only for N up to this (default: all)"
     )
     parser.add_argument("--localstack-python", default=None, help="interpreter with localstack-core installed")
+    parser.add_argument("--gateway", choices=GATEWAYS, default="twisted", help="LocalStack's HTTP server")
     parser.add_argument("--kinds", default="limit,baseline,fetch-etl", help="which consumers to measure")
     parser.add_argument(
         "--run-size",
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         pg = EmbeddedPostgres(workdir / "pg")
         stack.callback(pg.stop)
         pg_url = pg.start()
-        localstack = LocalStackServer(python, workdir / "localstack")
+        localstack = LocalStackServer(python, workdir / "localstack", gateway=args.gateway)
         stack.callback(localstack.stop)
         localstack.start()
         print(f"LocalStack on {localstack.endpoint} (pid {localstack.proc.pid if localstack.proc else '?'})")
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         "machine": machine,
         "code": _code_state(),
         "setup": {
-            "queue": "LocalStack SQS (host mode, hypercorn, 127.0.0.1), JSON protocol",
+            "queue": f"LocalStack SQS (host mode, {args.gateway} gateway, 127.0.0.1 only), JSON protocol",
             "database": "embedded PostgreSQL (fetch_etl.local_servers.EmbeddedPostgres: fsync=off, "
             "synchronous_commit=off), 127.0.0.1",
             "delay_method": DELAY_METHOD if args.delay_ms else None,
