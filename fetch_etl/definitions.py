@@ -43,8 +43,8 @@ defs = Definitions(
             aws_secret_access_key=env_str("AWS_SECRET_ACCESS_KEY"),
             protocol=env_str("SQS_PROTOCOL", "auto"),
             max_receive_count=env_int("SQS_MAX_RECEIVE_COUNT", 10),
-            receive_threads=env_int("SQS_RECEIVE_THREADS", 4),
-            delete_threads=env_int("SQS_DELETE_THREADS", 4),
+            receive_threads=env_int("SQS_RECEIVE_THREADS", 8),
+            delete_threads=env_int("SQS_DELETE_THREADS", 8),
         ),
         "postgres": PostgresResource(database_url=env_str("DATABASE_URL", DEFAULT_DATABASE_URL)),
         "pii_masking": PiiMaskingResource(

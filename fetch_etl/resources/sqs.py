@@ -101,9 +101,9 @@ class SqsResource(ResourceWithBoto3Configuration):
     wait_time_seconds: int = Field(
         default=1, description="Long-poll wait; an empty long poll means the queue is drained."
     )
-    delete_threads: int = Field(default=4, description="Parallel DeleteMessageBatch calls.")
+    delete_threads: int = Field(default=8, description="SQS_DELETE_THREADS: parallel DeleteMessageBatch calls.")
     receive_threads: int = Field(
-        default=4,
+        default=8,
         description="SQS_RECEIVE_THREADS: parallel ReceiveMessage loops; each call returns at most ten messages, "
         "so several overlap their round trips.",
     )
