@@ -176,6 +176,7 @@ def user_logins(
             "loaded": result.inserted,
             "already_present": result.already_present,
             "load_path": result.path,
+            "loaded_at": result.loaded_at.isoformat() if result.loaded_at else "",
             "rejected": len(rejected),
             "rejected_by_reason": MetadataValue.json(batch.stats(masked_logins).rejected_by_reason),
             "dead_lettered": len(forwarded),

@@ -41,10 +41,18 @@ def loaded_by_fetch_etl(conn: psycopg.Connection) -> bool:
     return "message_id" in dict(table_columns(conn))
 
 
-def null_counts(conn: psycopg.Connection) -> tuple[int, dict[str, int]]:
-    """(rows loaded by fetch-etl, {required column: rows where it is NULL})."""
+def _scope(loaded_at: datetime | None) -> tuple[str, list[Any]]:
+    """WHERE clause for fetch-etl's rows: all of them, or only those of one load (`loaded_at` is indexed)."""
+    if loaded_at is None:
+        return LOADED_BY_FETCH_ETL, []
+    return f"{LOADED_BY_FETCH_ETL} AND loaded_at = %s", [loaded_at]
+
+
+def null_counts(conn: psycopg.Connection, loaded_at: datetime | None = None) -> tuple[int, dict[str, int]]:
+    """(rows loaded by fetch-etl, {required column: rows where it is NULL}); one load's rows with `loaded_at`."""
+    where, params = _scope(loaded_at)
     nulls = ", ".join(f"count(*) FILTER (WHERE {column} IS NULL)" for column in REQUIRED_COLUMNS)
-    row = conn.execute(f"SELECT count(*), {nulls} FROM user_logins WHERE {LOADED_BY_FETCH_ETL}").fetchone()
+    row = conn.execute(f"SELECT count(*), {nulls} FROM user_logins WHERE {where}", params).fetchone()
     assert row is not None
     return int(row[0]), {column: int(n) for column, n in zip(REQUIRED_COLUMNS, row[1:], strict=True)}
 
@@ -57,11 +65,21 @@ class DuplicateIds:
     unique_index: bool  # whether the unique index that prevents them exists
 
 
-def duplicate_message_ids(conn: psycopg.Connection, examples: int = 5) -> DuplicateIds:
+def duplicate_message_ids(
+    conn: psycopg.Connection, examples: int = 5, loaded_at: datetime | None = None
+) -> DuplicateIds:
+    """MessageIds stored more than once: in the whole table, or those of one load (probed through the index)."""
+    where, params = _scope(loaded_at)
     rows = conn.execute(
         f"""
-        SELECT message_id, count(*) FROM user_logins WHERE {LOADED_BY_FETCH_ETL}
+        SELECT message_id, count(*) FROM user_logins
+        WHERE message_id IN (SELECT message_id FROM user_logins WHERE {where})
         GROUP BY message_id HAVING count(*) > 1 ORDER BY count(*) DESC, message_id"""
+        if loaded_at is not None
+        else f"""
+        SELECT message_id, count(*) FROM user_logins WHERE {where}
+        GROUP BY message_id HAVING count(*) > 1 ORDER BY count(*) DESC, message_id""",
+        params,
     ).fetchall()
     index = conn.execute(
         """
@@ -85,29 +103,47 @@ class TokenShapeCounts:
     examples: list[str]  # a few MessageIds of rows with a malformed token
 
 
-def token_shape_counts(conn: psycopg.Connection, patterns: Mapping[str, str]) -> TokenShapeCounts:
-    """Count tokens by the shape they have; `patterns` maps a mode to a regular expression in the
-    syntax both Python and PostgreSQL's `~` understand."""
-    modes = list(patterns)
-    bad = {column: " AND ".join(f"{column} !~ %s" for _ in modes) or "true" for column in TOKEN_COLUMNS}
-    bad_params = [patterns[m] for m in modes]
-    malformed = [f"count(*) FILTER (WHERE {column} IS NOT NULL AND {bad[column]})" for column in TOKEN_COLUMNS]
-    per_mode = [" + ".join(f"count(*) FILTER (WHERE {column} ~ %s)" for column in TOKEN_COLUMNS) for _ in modes]
-    params = [*(p for _ in TOKEN_COLUMNS for p in bad_params), *(patterns[m] for m in modes for _ in TOKEN_COLUMNS)]
+def token_shape_counts(
+    conn: psycopg.Connection, shapes: Mapping[str, tuple[str, int, int]], loaded_at: datetime | None = None
+) -> TokenShapeCounts:
+    """Count tokens by the shape they have, in one scan; `shapes` maps a mode to (regular expression in the
+    syntax both Python and PostgreSQL's `~` understand, shortest length, longest length).
+
+    Each column's mode is worked out once per row (a CASE over the shapes), and lengths are compared
+    apart from the regex: PostgreSQL's regex engine is slow on counted repeats such as `{64}`.
+    """
+    where, scope_params = _scope(loaded_at)
+    modes = list(shapes)
+    case_params: list[Any] = []
+    cases = []
+    for column in TOKEN_COLUMNS:
+        whens = " ".join(f"WHEN char_length({column}) BETWEEN %s AND %s AND {column} ~ %s THEN %s" for _ in modes)
+        cases.append(f"CASE WHEN {column} IS NULL THEN '' {whens} END AS {column}_mode")
+        for mode in modes:
+            pattern, shortest, longest = shapes[mode]
+            case_params += [shortest, longest, pattern, mode]
+    per_row = f"SELECT message_id, {', '.join(cases)} FROM user_logins WHERE {where}"
+    malformed = [f"count(*) FILTER (WHERE {column}_mode IS NULL)" for column in TOKEN_COLUMNS]
+    per_mode = [" + ".join(f"count(*) FILTER (WHERE {column}_mode = %s)" for column in TOKEN_COLUMNS) for _ in modes]
+    mode_params = [mode for mode in modes for _ in TOKEN_COLUMNS]
     row = conn.execute(
-        f"SELECT {', '.join([*malformed, *per_mode])} FROM user_logins WHERE {LOADED_BY_FETCH_ETL}", params
+        f"SELECT {', '.join([*malformed, *per_mode])} FROM ({per_row}) AS shaped",
+        [*mode_params, *case_params, *scope_params],  # in the order the placeholders appear
     ).fetchone()
     assert row is not None
-    any_bad = " OR ".join(f"({column} IS NOT NULL AND {bad[column]})" for column in TOKEN_COLUMNS)
-    examples = conn.execute(
-        f"SELECT message_id FROM user_logins WHERE {LOADED_BY_FETCH_ETL} AND ({any_bad}) ORDER BY message_id LIMIT 5",
-        [p for _ in TOKEN_COLUMNS for p in bad_params],
-    ).fetchall()
     counts = [int(n) for n in row]
+    examples: list[str] = []
+    if any(counts[: len(TOKEN_COLUMNS)]):  # only then: a second scan for a few MessageIds
+        any_bad = " OR ".join(f"{column}_mode IS NULL" for column in TOKEN_COLUMNS)
+        found = conn.execute(
+            f"SELECT message_id FROM ({per_row}) AS shaped WHERE {any_bad} ORDER BY message_id LIMIT 5",
+            [*case_params, *scope_params],
+        ).fetchall()
+        examples = [str(r[0]) for r in found]
     return TokenShapeCounts(
         malformed=dict(zip(TOKEN_COLUMNS, counts[: len(TOKEN_COLUMNS)], strict=True)),
         by_mode=dict(zip(modes, counts[len(TOKEN_COLUMNS) :], strict=True)),
-        examples=[str(r[0]) for r in examples],
+        examples=examples,
     )
 
 
@@ -118,8 +154,8 @@ def newest_rows(conn: psycopg.Connection, columns: Sequence[str], limit: int = 5
     if "loaded_at" not in available or not selected:
         return []
     cursor = conn.execute(
-        f"SELECT {', '.join(selected)} FROM user_logins WHERE {LOADED_BY_FETCH_ETL} "
-        "ORDER BY loaded_at DESC NULLS LAST, message_id LIMIT %s",
+        f"SELECT {', '.join(selected)} FROM user_logins WHERE {LOADED_BY_FETCH_ETL} AND loaded_at IS NOT NULL "
+        "ORDER BY loaded_at DESC, message_id LIMIT %s",  # walks the loaded_at index backwards: no full sort
         (limit,),
     )
     return [dict(zip(selected, row, strict=True)) for row in cursor.fetchall()]

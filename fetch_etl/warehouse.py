@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -111,6 +112,7 @@ class LoadResult:
     to_dead_letter: list[str] = field(default_factory=list)
     already_dead_lettered: list[str] = field(default_factory=list)
     path: str = "none"  # "copy" (straight into the table), "merge" (temp table + ON CONFLICT) or "none"
+    loaded_at: datetime | None = None  # user_logins.loaded_at of every row this load inserted
 
     @property
     def already_present(self) -> int:
@@ -189,7 +191,7 @@ def _copy(cur: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows: It
             copy.write_row(row)
 
 
-def _insert_logins(cur: psycopg.Cursor[Any], logins: pd.DataFrame) -> tuple[int, str]:
+def _insert_logins(cur: psycopg.Cursor[Any], logins: pd.DataFrame, loaded_at: datetime) -> tuple[int, str]:
     """Insert the batch's logins that are not in the table yet; returns (inserted, path).
 
     Fast path "copy": COPY straight into `user_logins` inside a savepoint, `loaded_at` = the transaction's
@@ -198,8 +200,6 @@ def _insert_logins(cur: psycopg.Cursor[Any], logins: pd.DataFrame) -> tuple[int,
     COPY into a temp table, then INSERT ... ON CONFLICT (message_id) DO NOTHING.
     """
     rows = rows_for_copy(logins, LOGIN_COLUMNS)
-    row = cur.execute("SELECT now()").fetchone()
-    loaded_at = row[0] if row else None
     try:
         with cur.connection.transaction():
             _copy(cur, "user_logins", (*LOGIN_COLUMNS, "loaded_at"), ((*r, loaded_at) for r in rows))
@@ -221,7 +221,9 @@ def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataF
     reject_ids = rejects["message_id"].tolist() if len(rejects) else []
     unique_logins = logins.drop_duplicates("message_id")  # SQS may hand one message out twice in a batch
     with conn.transaction(), conn.cursor() as cur:
-        inserted, path = _insert_logins(cur, unique_logins) if len(unique_logins) else (0, "none")
+        row = cur.execute("SELECT now()").fetchone()  # the transaction's time: every row of this load gets it
+        loaded_at: datetime = row[0] if row else datetime.now(UTC)
+        inserted, path = _insert_logins(cur, unique_logins, loaded_at) if len(unique_logins) else (0, "none")
         recorded = 0
         to_dead_letter: list[str] = []
         already: list[str] = []
@@ -245,6 +247,7 @@ def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataF
         to_dead_letter=to_dead_letter,
         already_dead_lettered=already,
         path=path,
+        loaded_at=loaded_at,
     )
 
 

@@ -167,6 +167,35 @@ def test_checks_fail_on_a_broken_table_and_ignore_legacy_rows(
     assert evaluations["reject_rate_below_threshold"].passed
 
 
+def test_in_an_ingest_run_the_table_checks_read_only_that_runs_rows(
+    instance: DagsterInstance, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls, database_url: str
+) -> None:
+    """Per-run check cost follows the batch: an ingest's checks read its own load; alone they read everything."""
+    res = resources(sqs_endpoint, queue_urls, database_url)
+    send(sqs_client, queue_urls.queue_url, generate_bodies(12, seed=35, malformed_rate=0))
+    _run(res, instance)
+    execute(
+        database_url,
+        "UPDATE user_logins SET masked_ip = 'not-a-token' WHERE message_id = (SELECT min(message_id) FROM user_logins)",
+    )  # an old row goes bad after its load was checked
+    send(sqs_client, queue_urls.queue_url, generate_bodies(7, seed=36, malformed_rate=0))
+
+    second = _evaluations(_run(res, instance))
+    alone = _evaluations(_run(res, instance, CHECKS_ONLY))
+
+    loaded_at = fetch_all(database_url, "SELECT max(loaded_at) FROM user_logins")[0][0]
+    assert _meta(second["required_columns_not_null"])["rows_checked"] == 7
+    assert _meta(second["tokens_well_formed"])["tokens_by_mode"]["hmac"] == 14
+    assert all(second[name].passed for name in ("required_columns_not_null", "tokens_well_formed", "message_id_unique"))
+    assert (
+        _meta(second["tokens_well_formed"])["scope"] == f"rows of this run's load (loaded_at = {loaded_at.isoformat()})"
+    )
+    assert _meta(alone["required_columns_not_null"])["rows_checked"] == 19
+    assert _meta(alone["tokens_well_formed"])["scope"] == "whole table (rows loaded by fetch-etl)"
+    assert not alone["tokens_well_formed"].passed
+    assert _meta(alone["tokens_well_formed"])["malformed_tokens"] == {"masked_ip": 1, "masked_device_id": 0}
+
+
 def test_reject_rate_warns_above_the_threshold_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
     instance: DagsterInstance,
@@ -246,7 +275,12 @@ def test_python_and_postgres_read_the_shapes_alike(database_url: str) -> None:
     samples = ["ab" * 32, "AB" * 32, "ab" * 31, "s1." + "A" * 22, "s1." + "A" * 21, "s1.AAAA/AAAAAAAAAAAAAAAAAA", "x"]
     for mode, shape in TOKEN_SHAPES.items():
         in_postgres = [
-            r[0] for r in fetch_all(database_url, "SELECT t ~ %s FROM unnest(%s::text[]) t", [shape.pattern, samples])
+            r[0]
+            for r in fetch_all(
+                database_url,
+                "SELECT char_length(t) BETWEEN %s AND %s AND t ~ %s FROM unnest(%s::text[]) t",
+                [shape.shortest, shape.longest, shape.pattern, samples],
+            )
         ]
         assert in_postgres == [shape.matches(s) for s in samples], mode
 
