@@ -46,7 +46,7 @@ def _ratio(a: Measurement | None, b: Measurement | None) -> float | None:
 
 def rows(results: Sequence[Measurement]) -> list[dict[str, Any]]:
     out = []
-    for n, delay in sorted({(m.n, m.delay_ms) for m in results}):
+    for n, delay in sorted({(m.n, m.delay_ms) for m in results if "parallel_runs" not in m.extra}):
         limit, base, fetch = (_find(results, kind, n, delay) for kind in KINDS)
         stages = fetch.extra["stages_seconds"] if fetch else {}
         out.append(
