@@ -17,7 +17,7 @@ from dagster import (
     asset,
 )
 
-from fetch_etl import batch, health
+from fetch_etl import ack, batch, health
 from fetch_etl.asset_metadata import (
     TABLE_PREVIEW_COLUMNS,
     masked_logins_schema,
@@ -28,7 +28,7 @@ from fetch_etl.asset_metadata import (
 )
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
 from fetch_etl.resources.sqs import QueueMessage
-from fetch_etl.warehouse import check_mask_key, load_batch, mark_dead_lettered, migrate, table_row_count
+from fetch_etl.warehouse import check_mask_key, load_batch, migrate, stored_outcomes, table_row_count
 
 GROUP = "logins"
 PREVIEW_COLUMNS = ("user_id", "device_type", "masked_ip", "masked_device_id", "locale", "app_version")
@@ -101,22 +101,30 @@ def masked_logins(
     raw_login_messages: list[QueueMessage],
     pii_masking: PiiMaskingResource,
     sqs: SqsResource,
+    postgres: PostgresResource,
 ) -> Output[pd.DataFrame]:
-    """The batch parsed, validated and pseudonymised: a pandas DataFrame, one row per message, no clear PII.
+    """The batch decided, parsed, validated and pseudonymised: a pandas DataFrame, one row per message.
 
-    IPs and device ids become keyed tokens (PII_MASKING_MODE); invalid messages get a reason code and
-    a sentence instead of values. Held in memory only, for the one run.
+    A message whose outcome is already stored (a redelivery) keeps that outcome and is not evaluated
+    again; the others are parsed, IPs and device ids become keyed tokens (PII_MASKING_MODE), and invalid
+    messages get a reason code and a sentence instead of values. No clear PII; in memory only.
     """
     started = time.perf_counter()
     masker = pii_masking.masker()
-    frame = batch.mask_messages(raw_login_messages, masker, max_receive_count=sqs.max_receive_count)
+    with postgres.connect() as conn:
+        stored = stored_outcomes(conn, [m.key for m in raw_login_messages])
+    frame = batch.mask_messages(raw_login_messages, masker, max_receive_count=sqs.max_receive_count, stored=stored)
     summary = batch.stats(frame)
-    context.log.info(f"{summary.loadable} loadable, {summary.rejected} rejected {summary.rejected_by_reason}")
+    context.log.info(
+        f"{summary.loadable} loadable, {summary.rejected} rejected {summary.rejected_by_reason}, "
+        f"{summary.already_stored} already stored"
+    )
     return Output(
         frame,
         metadata={
             "loadable": summary.loadable,
             "rejected": summary.rejected,
+            "already_stored": summary.already_stored,
             "rejected_by_reason": MetadataValue.json(summary.rejected_by_reason),
             "unparsed_ips": summary.unparsed_ips,
             "masking_mode": masker.mode,
@@ -142,33 +150,39 @@ def user_logins(
     postgres: PostgresResource,
     sqs: SqsResource,
 ) -> MaterializeResult:
-    """The PostgreSQL table `user_logins`: each valid login exactly once, keyed by its SQS MessageId.
+    """The PostgreSQL table `user_logins`: each valid login exactly once, keyed by its original SQS MessageId.
 
-    One transaction loads the batch (COPY, then INSERT ... ON CONFLICT DO NOTHING) and records the
-    rejects in `user_logins_rejected`; only after the commit are rejects forwarded to the dead-letter
-    queue and every handled message deleted from the source queue. A crash anywhere means
-    redelivery, never loss or doubling. IPs and device ids are stored as tokens only.
+    Load (one transaction: the new logins by COPY or merge, the rejects in `user_logins_rejected`), then
+    acknowledge (forward rejects to the dead-letter queue, delete every message whose outcome is now
+    durable; see `ack`), then report. A crash anywhere means redelivery, never loss or doubling, and a
+    failure to acknowledge leaves the message for the next run, which recognises it from what is stored.
     """
     started = time.perf_counter()
-    by_id = {m.message_id: m for m in raw_login_messages}
+    summary = batch.stats(masked_logins)
+    messages = ack.by_key(raw_login_messages)
     loadable, rejected = batch.loadable(masked_logins), batch.rejected(masked_logins)
     with postgres.connect() as conn:
-        migrate(conn)
         result = load_batch(conn, loadable, rejected)
-        forwarded = sqs.dead_letter(batch.dead_letters(rejected, by_id, result.to_dead_letter))
-        mark_dead_lettered(conn, forwarded)
+        forwarding = ack.forward_dead_letters(conn, sqs, ack.dead_letter_keys(masked_logins, result), messages)
         total_rows = table_row_count(conn)
         live_columns = health.table_columns(conn)
         newest = health.newest_rows(conn, TABLE_PREVIEW_COLUMNS)
         rejected_total = health.rejects_by_reason(conn)
-    deletable = [*loadable["message_id"], *result.already_dead_lettered, *forwarded]
-    failed = sqs.delete([by_id[mid] for mid in deletable])
+    durable = ack.durable_keys(masked_logins, result, forwarding)
+    failed = ack.acknowledge(sqs, messages, durable)
     extensions = sqs.release()  # whatever was not deleted comes back after one visibility timeout
+    deleted = sum(len(messages[key]) for key in durable) - len(failed)
     if failed:
-        context.log.warning(f"{len(failed)} deletes failed; those messages will be redelivered and skipped")
+        context.log.warning(f"{len(failed)} deletes failed; those messages will be redelivered and acknowledged")
+    if forwarding.failed:
+        context.log.warning(
+            f"{len(forwarding.failed)} rejects could not be forwarded to the dead-letter queue "
+            f"({forwarding.errors_by_code()}); they stay on the source queue, their rejects rows record why, "
+            "and `fetch-etl status` lists them"
+        )
     context.log.info(
-        f"loaded {result.inserted}, already present {result.already_present}, "
-        f"rejected {len(rejected)}, dead-lettered {len(forwarded)}, deleted {len(deletable) - len(failed)}"
+        f"loaded {result.inserted}, already present {result.already_present}, rejected {len(rejected)}, "
+        f"dead-lettered {len(forwarding.forwarded)}, deleted {deleted}"
     )
     return MaterializeResult(
         metadata={
@@ -178,9 +192,13 @@ def user_logins(
             "load_path": result.path,
             "loaded_at": result.loaded_at.isoformat() if result.loaded_at else "",
             "rejected": len(rejected),
-            "rejected_by_reason": MetadataValue.json(batch.stats(masked_logins).rejected_by_reason),
-            "dead_lettered": len(forwarded),
-            "deleted_from_queue": len(deletable) - len(failed),
+            "rejected_by_reason": MetadataValue.json(summary.rejected_by_reason),
+            "already_stored": summary.already_stored,
+            "dead_lettered": len(forwarding.forwarded),
+            "dead_letter_failures": len(forwarding.failed),
+            "dead_letter_errors": MetadataValue.json(forwarding.errors_by_code()),
+            "dead_letter_held_elsewhere": len(forwarding.held_elsewhere),
+            "deleted_from_queue": deleted,
             "delete_failures": len(failed),
             "visibility_extensions": extensions,
             "rejected_total_by_reason": MetadataValue.json(rejected_total),

@@ -1,8 +1,10 @@
 """From received messages to the masked batch frame: pure, vectorised where it counts, no Dagster.
 
-The frame has one row per message. Valid logins carry masked tokens only; rejected messages carry a
-reason and, of their content, only tokens of an `ip`/`device_id` that was a usable string, so the
-frame itself never holds a clear IP or device id.
+The frame has one row per message, keyed by the message's `key` (its original MessageId). A message's
+outcome is decided once: one whose key already has a stored outcome is not evaluated again (status
+`already_loaded`, `already_dead_lettered` or `awaiting_dead_letter`), unless it is a new redrive.
+Evaluated logins carry masked tokens only; rejected messages carry a reason and, of their content, only
+tokens of an `ip`/`device_id` that was a usable string, so the frame never holds a clear IP or device id.
 """
 
 from __future__ import annotations
@@ -15,13 +17,26 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from fetch_etl.masking import Masker, mask_device_ids, mask_ips, mask_optional
-from fetch_etl.records import LoginEvent, Rejection, maskable_pii, parse_login, sent_date
-from fetch_etl.resources.sqs import DeadLetter, QueueMessage
-from fetch_etl.warehouse import LOGIN_COLUMNS
+from fetch_etl.records import LoginEvent, Rejection, maskable_pii, parse_login, sent_date, sent_time
+from fetch_etl.resources.sqs import QueueMessage
+from fetch_etl.warehouse import LOGIN_COLUMNS, StoredOutcome
 
 STATUS_LOADABLE = "loadable"
 STATUS_REJECTED = "rejected"
-BATCH_COLUMNS: tuple[str, ...] = (*LOGIN_COLUMNS, "status", "reason_code", "reason", "received_at")
+# Decided before this run: acknowledge (and, for a reject without its dead-letter copy, forward) only.
+STATUS_ALREADY_LOADED = "already_loaded"
+STATUS_ALREADY_DEAD_LETTERED = "already_dead_lettered"
+STATUS_AWAITING_DEAD_LETTER = "awaiting_dead_letter"
+STORED_STATUSES = (STATUS_ALREADY_LOADED, STATUS_ALREADY_DEAD_LETTERED, STATUS_AWAITING_DEAD_LETTER)
+BATCH_COLUMNS: tuple[str, ...] = (
+    *LOGIN_COLUMNS,
+    "status",
+    "reason_code",
+    "reason",
+    "received_at",
+    "sent_at",
+    "redriven_at",
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +45,34 @@ class MaskStats:
     rejected: int
     rejected_by_reason: dict[str, int]
     unparsed_ips: int
+    already_stored: int = 0
+
+
+def redrive_time(message: QueueMessage) -> datetime | None:
+    """When `fetch-etl redrive` sent this copy (its `redriven_at` attribute); None for a plain message."""
+    if not message.redriven_at:
+        return None
+    try:
+        when = datetime.fromisoformat(message.redriven_at)
+    except ValueError:
+        return None  # not ours: treat the message as a plain one rather than re-evaluate it on every receipt
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def stored_status(message: QueueMessage, stored: StoredOutcome | None) -> str | None:
+    """The status a stored outcome gives `message`, or None when it must be evaluated.
+
+    A stored login always wins. A stored reject decides the message too, unless the message is a redrive
+    that has not been evaluated yet (its `redriven_at` is not the one the reject row records).
+    """
+    if stored is None:
+        return None
+    if stored.loaded:
+        return STATUS_ALREADY_LOADED
+    redriven = redrive_time(message)
+    if redriven is not None and redriven != stored.redriven_at:
+        return None
+    return STATUS_ALREADY_DEAD_LETTERED if stored.dead_lettered else STATUS_AWAITING_DEAD_LETTER
 
 
 def poison(receive_count: int, limit: int) -> Rejection:
@@ -44,25 +87,30 @@ def mask_messages(
     masker: Masker,
     now: datetime | None = None,
     max_receive_count: int | None = None,
+    stored: Mapping[str, StoredOutcome] | None = None,
 ) -> pd.DataFrame:
-    """Parse, validate and mask every message into one frame (see BATCH_COLUMNS).
+    """Decide, parse, validate and mask every message into one frame (see BATCH_COLUMNS).
 
-    Messages received more than `max_receive_count` times are rejected as poison without parsing.
+    Messages whose key has a stored outcome (`stored`) get that outcome's status and are not parsed.
+    Of the others, those received more than `max_receive_count` times are rejected as poison unparsed.
     """
     received_at = now or datetime.now(UTC)
+    stored = stored or {}
+    decided = [(m, stored_status(m, stored.get(m.key))) for m in messages]
+    fresh = [m for m, status in decided if status is None]
     parsed: list[LoginEvent | Rejection] = [
         poison(m.receive_count, max_receive_count)
         if max_receive_count is not None and m.receive_count > max_receive_count
         else parse_login(m.body)
-        for m in messages
+        for m in fresh
     ]
-    valid = [(m, p) for m, p in zip(messages, parsed, strict=True) if isinstance(p, LoginEvent)]
-    rejected = [(m, p) for m, p in zip(messages, parsed, strict=True) if isinstance(p, Rejection)]
+    valid = [(m, p) for m, p in zip(fresh, parsed, strict=True) if isinstance(p, LoginEvent)]
+    rejected = [(m, p) for m, p in zip(fresh, parsed, strict=True) if isinstance(p, Rejection)]
 
     ips = mask_ips(masker, (event.ip for _, event in valid))
     logins = pd.DataFrame(
         {
-            "message_id": pd.Series([m.message_id for m, _ in valid], dtype=object),
+            "message_id": pd.Series([m.key for m, _ in valid], dtype=object),
             "user_id": pd.Series([e.user_id for _, e in valid], dtype=object),
             "device_type": pd.Series([e.device_type for _, e in valid], dtype=object),
             "masked_ip": pd.Series(ips.tokens, dtype=object),
@@ -73,6 +121,8 @@ def mask_messages(
             "create_date": pd.Series([sent_date(m.sent_timestamp) for m, _ in valid], dtype=object),
             "mask_key_id": pd.Series([masker.key_id] * len(valid), dtype=object),
             "status": pd.Series([STATUS_LOADABLE] * len(valid), dtype=object),
+            "sent_at": pd.Series([sent_time(m.sent_timestamp) for m, _ in valid], dtype=object),
+            "redriven_at": pd.Series([redrive_time(m) for m, _ in valid], dtype=object),
         }
     )
     reject_pii = [maskable_pii(m.body) for m, _ in rejected]
@@ -80,7 +130,7 @@ def mask_messages(
     reject_devices = mask_optional(masker, (device for _, device in reject_pii), "device_id")
     rejects = pd.DataFrame(
         {
-            "message_id": pd.Series([m.message_id for m, _ in rejected], dtype=object),
+            "message_id": pd.Series([m.key for m, _ in rejected], dtype=object),
             "masked_ip": pd.Series(reject_ips, dtype=object),
             "masked_device_id": pd.Series(reject_devices, dtype=object),
             "mask_key_id": pd.Series(
@@ -90,9 +140,18 @@ def mask_messages(
             "status": pd.Series([STATUS_REJECTED] * len(rejected), dtype=object),
             "reason_code": pd.Series([r.code for _, r in rejected], dtype=object),
             "reason": pd.Series([r.reason for _, r in rejected], dtype=object),
+            "sent_at": pd.Series([sent_time(m.sent_timestamp) for m, _ in rejected], dtype=object),
+            "redriven_at": pd.Series([redrive_time(m) for m, _ in rejected], dtype=object),
         }
     )
-    frame = pd.concat([logins, rejects], ignore_index=True) if len(rejects) else logins
+    settled = pd.DataFrame(
+        {
+            "message_id": pd.Series([m.key for m, status in decided if status is not None], dtype=object),
+            "status": pd.Series([status for _, status in decided if status is not None], dtype=object),
+        }
+    )
+    parts = [part for part in (logins, rejects, settled) if len(part)]
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else logins)
     frame = frame.reindex(columns=list(BATCH_COLUMNS)).astype({c: object for c in BATCH_COLUMNS if c != "app_version"})
     frame["received_at"] = received_at
     frame.attrs["unparsed_ips"] = ips.unparsed
@@ -107,6 +166,10 @@ def rejected(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["status"] == STATUS_REJECTED]
 
 
+def keys_with_status(frame: pd.DataFrame, *statuses: str) -> list[str]:
+    return frame.loc[frame["status"].isin(statuses), "message_id"].tolist()
+
+
 def stats(frame: pd.DataFrame) -> MaskStats:
     bad = rejected(frame)
     return MaskStats(
@@ -114,12 +177,5 @@ def stats(frame: pd.DataFrame) -> MaskStats:
         rejected=len(bad),
         rejected_by_reason=dict(Counter(bad["reason_code"].tolist())),
         unparsed_ips=int(frame.attrs.get("unparsed_ips", 0)),
+        already_stored=int(frame["status"].isin(STORED_STATUSES).sum()),
     )
-
-
-def dead_letters(
-    rejects: pd.DataFrame, messages: Mapping[str, QueueMessage], message_ids: Sequence[str]
-) -> list[DeadLetter]:
-    """The rejected messages to forward, each with its reason."""
-    reasons = rejects.set_index("message_id")
-    return [DeadLetter(messages[mid], reasons.at[mid, "reason_code"], reasons.at[mid, "reason"]) for mid in message_ids]

@@ -12,7 +12,7 @@ from fetch_etl.io_managers import batch_io_manager
 from fetch_etl.jobs import ingest_logins_job
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
 from fetch_etl.resources.postgres import DEFAULT_DATABASE_URL
-from fetch_etl.resources.sqs import DEFAULT_QUEUE_URL
+from fetch_etl.resources.sqs import DEFAULT_MAX_RECEIVE_COUNT, DEFAULT_QUEUE_URL
 from fetch_etl.sensors import login_queue_sensor
 
 
@@ -42,7 +42,7 @@ defs = Definitions(
             aws_access_key_id=env_str("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=env_str("AWS_SECRET_ACCESS_KEY"),
             protocol=env_str("SQS_PROTOCOL", "auto"),
-            max_receive_count=env_int("SQS_MAX_RECEIVE_COUNT", 10),
+            max_receive_count=env_int("SQS_MAX_RECEIVE_COUNT", DEFAULT_MAX_RECEIVE_COUNT),
             receive_threads=env_int("SQS_RECEIVE_THREADS", 8),
             delete_threads=env_int("SQS_DELETE_THREADS", 8),
         ),

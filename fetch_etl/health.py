@@ -7,6 +7,7 @@ returns counts, tokens or MessageIds only, never a clear IP or device id (the wa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,7 @@ from typing import Any
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fetch_etl.resources.sqs import QueueDepth, QueueError, SqsResource
+from fetch_etl.resources.sqs import ORIGINAL_MESSAGE_ID, QueueDepth, QueueError, SqsResource
 
 # Rows that fetch-etl loaded itself; a pre-existing reference table may hold legacy rows without one.
 LOADED_BY_FETCH_ETL = "message_id IS NOT NULL"
@@ -181,11 +182,34 @@ class WarehouseOverview:
     duplicate_device_tokens: int = 0
     rejects_by_reason: dict[str, int] | None = None
     newest_loaded_at: datetime | None = None
+    undelivered: UndeliveredRejects | None = None
+
+
+@dataclass(frozen=True)
+class UndeliveredRejects:
+    """Recorded rejects the dead-letter queue refused: they wait on the source queue (docs/reliability.md)."""
+
+    count: int
+    by_error: dict[str, int]
+    oldest_sent_at: datetime | None  # SentTimestamp of the oldest (received_at where it predates sent_at)
+
+
+def undelivered_rejects(conn: psycopg.Connection) -> UndeliveredRejects:
+    if "dead_letter_error" not in dict(table_columns(conn, "user_logins_rejected")):
+        return UndeliveredRejects(0, {}, None)
+    rows = conn.execute(
+        """
+        SELECT dead_letter_error, count(*), min(coalesce(sent_at, received_at)) FROM user_logins_rejected
+        WHERE dead_lettered_at IS NULL AND dead_letter_error IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1"""
+    ).fetchall()
+    oldest = min((row[2] for row in rows if row[2] is not None), default=None)
+    return UndeliveredRejects(sum(int(r[1]) for r in rows), {str(r[0]): int(r[1]) for r in rows}, oldest)
 
 
 def warehouse_overview(conn: psycopg.Connection) -> WarehouseOverview:
     if not loaded_by_fetch_etl(conn):
         return WarehouseOverview(exists=False, rejects_by_reason=rejects_by_reason(conn))
+    undelivered = undelivered_rejects(conn)
     row = conn.execute(
         """
         SELECT (SELECT count(*) FROM user_logins),
@@ -201,6 +225,7 @@ def warehouse_overview(conn: psycopg.Connection) -> WarehouseOverview:
         duplicate_device_tokens=int(row[2]),
         rejects_by_reason=rejects_by_reason(conn),
         newest_loaded_at=row[3],
+        undelivered=undelivered,
     )
 
 
@@ -235,3 +260,80 @@ def dlq_depth(sqs: SqsResource) -> tuple[str | None, QueueDepth]:
         return None, QueueDepth(visible=0, in_flight=0, delayed=0)
     # A resource for the DLQ itself, so an error names the DLQ rather than the source queue.
     return url, SqsResource(**{**sqs.model_dump(), "queue_url": url, "dlq_url": None}).depth()
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    retention_s: int | None  # MessageRetentionPeriod: how long a message waiting on the queue survives
+    redrive_max_receive_count: int | None  # the queue's own RedrivePolicy, if it has one
+
+
+def queue_policy(sqs: SqsResource) -> QueuePolicy:
+    """The source queue's settings that bound the ack path: its retention and its own redrive limit."""
+    response = sqs._call(
+        "read the queue's retention and redrive policy",
+        sqs.client().get_queue_attributes,
+        QueueUrl=sqs.queue_url,
+        AttributeNames=["MessageRetentionPeriod", "RedrivePolicy"],
+    )
+    attrs = response.get("Attributes", {})
+    try:
+        redrive = int(json.loads(attrs["RedrivePolicy"])["maxReceiveCount"]) if attrs.get("RedrivePolicy") else None
+    except (ValueError, KeyError, TypeError):
+        redrive = None
+    retention = attrs.get("MessageRetentionPeriod")
+    return QueuePolicy(int(retention) if retention else None, redrive)
+
+
+@dataclass(frozen=True)
+class DeadLetterAudit:
+    sampled: int
+    without_rejects_row: int  # dead letters that no rejects row explains (SQS's own redrive moved them)
+
+
+def audit_dead_letters(sqs: SqsResource, url: str, conn: psycopg.Connection, limit: int = 500) -> DeadLetterAudit:
+    """Look at up to `limit` dead letters and count those without a rejects row.
+
+    A pipeline-forwarded dead letter carries `original_message_id`; one SQS moved by its own redrive policy
+    keeps its MessageId. Either way the key must be in `user_logins_rejected`, or the pipeline never saw the
+    message fail (the redrive policy's maxReceiveCount is at or below SQS_MAX_RECEIVE_COUNT). The messages
+    are made visible again at once; their bodies are not read.
+    """
+    client = sqs.client()
+    seen: dict[str, str] = {}  # MessageId -> key
+    handles: list[str] = []
+    while len(seen) < limit:
+        response = sqs._call(
+            "look at the dead-letter queue",
+            client.receive_message,
+            QueueUrl=url,
+            MaxNumberOfMessages=min(10, limit - len(seen)),
+            VisibilityTimeout=30,
+            WaitTimeSeconds=0,
+            MessageAttributeNames=[ORIGINAL_MESSAGE_ID],
+        )
+        batch = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
+        if not batch:
+            break
+        for message in batch:
+            original = message.get("MessageAttributes", {}).get(ORIGINAL_MESSAGE_ID, {}).get("StringValue")
+            seen[message["MessageId"]] = original or message["MessageId"]
+            handles.append(message["ReceiptHandle"])
+    for start in range(0, len(handles), 10):  # let go at once: a status call must not hide dead letters
+        entries = [
+            {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
+            for i, h in enumerate(handles[start : start + 10])
+        ]
+        sqs._call("release dead letters", client.change_message_visibility_batch, QueueUrl=url, Entries=entries)
+    keys = sorted(set(seen.values()))
+    recorded = (
+        {
+            str(row[0])
+            for row in conn.execute(
+                "SELECT message_id FROM user_logins_rejected WHERE message_id = ANY(%s)", (keys,)
+            ).fetchall()
+        }
+        if keys and table_columns(conn, "user_logins_rejected")
+        else set()
+    )
+    return DeadLetterAudit(len(seen), sum(1 for key in seen.values() if key not in recorded))

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Self
 import boto3
 
 from fetch_etl.local_servers import EmbeddedPostgres, LocalStackError, MotoSqsServer
+from fetch_etl.resources.sqs import DEFAULT_MAX_RECEIVE_COUNT
 
 logger = logging.getLogger(__name__)
 AWS_REGION = "us-east-1"
@@ -34,7 +35,13 @@ def make_sqs_client(endpoint: str) -> Any:
     return session.client("sqs", endpoint_url=endpoint)
 
 
-def create_queue_pair(sqs_client: Any, name: str, *, max_receive_count: int | None = 5) -> QueueUrls:
+# SQS's own redrive only as a backstop behind the pipeline's poison rule (SQS_MAX_RECEIVE_COUNT).
+LOCAL_REDRIVE_MAX_RECEIVE_COUNT = 2 * DEFAULT_MAX_RECEIVE_COUNT
+
+
+def create_queue_pair(
+    sqs_client: Any, name: str, *, max_receive_count: int | None = LOCAL_REDRIVE_MAX_RECEIVE_COUNT
+) -> QueueUrls:
     """Create `name` and `name-dlq`, with SQS's own redrive after max_receive_count failed receives."""
     dlq_url: str = sqs_client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
     attributes: dict[str, str] = {}

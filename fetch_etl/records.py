@@ -173,11 +173,17 @@ def _json_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def sent_date(sent_timestamp_ms: str | int | None) -> date | None:
-    """The UTC calendar date of SQS's `SentTimestamp` (epoch milliseconds)."""
+def sent_time(sent_timestamp_ms: str | int | None) -> datetime | None:
+    """SQS's `SentTimestamp` (epoch milliseconds) as a UTC datetime."""
     if sent_timestamp_ms is None:
         return None
     try:
-        return datetime.fromtimestamp(int(sent_timestamp_ms) / 1000, tz=UTC).date()
+        return datetime.fromtimestamp(int(sent_timestamp_ms) / 1000, tz=UTC)
     except (ValueError, OverflowError, OSError):
         return None
+
+
+def sent_date(sent_timestamp_ms: str | int | None) -> date | None:
+    """The UTC calendar date of SQS's `SentTimestamp`."""
+    sent = sent_time(sent_timestamp_ms)
+    return sent.date() if sent else None

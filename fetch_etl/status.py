@@ -57,6 +57,9 @@ class StatusReport:
     warehouse: WarehouseReport
     sensor: SensorReport
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    policy: health.QueuePolicy | None = None
+    max_receive_count: int | None = None  # SQS_MAX_RECEIVE_COUNT
+    dead_letters: health.DeadLetterAudit | None = None
 
     @property
     def attention(self) -> list[str]:
@@ -81,9 +84,47 @@ def attention_reasons(report: StatusReport) -> list[str]:
         )
     if report.warehouse.error:
         reasons.append(f"the database is unreachable: {report.warehouse.error}")
+    undelivered = report.warehouse.overview.undelivered if report.warehouse.overview else None
+    if undelivered and undelivered.count:
+        codes = ", ".join(f"{code}: {n}" for code, n in undelivered.by_error.items())
+        reasons.append(
+            f"{undelivered.count} rejects could not be forwarded to the dead-letter queue ({codes}); they wait on "
+            f"the source queue{_time_left(undelivered.oldest_sent_at, report)}. Fix the dead-letter queue "
+            "(permissions, KMS key, MaximumMessageSize); the next run that receives them forwards them"
+        )
+    redrive = report.policy.redrive_max_receive_count if report.policy else None
+    if redrive is not None and report.max_receive_count is not None and redrive <= report.max_receive_count:
+        reasons.append(
+            f"the queue's redrive policy moves a message to the dead-letter queue after {redrive} receives, not more "
+            f"than SQS_MAX_RECEIVE_COUNT={report.max_receive_count}: a login whose runs keep failing would reach it "
+            "unrecorded; raise maxReceiveCount above SQS_MAX_RECEIVE_COUNT"
+        )
+    if report.dead_letters and report.dead_letters.without_rejects_row:
+        n = report.dead_letters.without_rejects_row
+        reasons.append(
+            f"{n} of {report.dead_letters.sampled} dead letters looked at have no rejects row: SQS's redrive policy "
+            "moved them before the pipeline could record them (its maxReceiveCount must be above "
+            "SQS_MAX_RECEIVE_COUNT); replay them with `fetch-etl redrive`"
+        )
     if report.sensor.needs_attention:
         reasons.append(f"{SENSOR_NAME} is {report.sensor.state}: {report.sensor.detail}")
     return reasons
+
+
+def _time_left(oldest: datetime | None, report: StatusReport) -> str:
+    """', where SQS's retention drops the oldest in about N h' when both are known."""
+    retention = report.policy.retention_s if report.policy else None
+    if oldest is None or retention is None:
+        return ""
+    left = retention - (report.now - oldest).total_seconds()
+    if left <= 0:
+        return ", where SQS's retention period may already have dropped the oldest"
+    hours = left / 3600
+    return (
+        f", where SQS's retention period drops the oldest in about {hours:.0f} h"
+        if hours >= 1
+        else (f", where SQS's retention period drops the oldest in about {left / 60:.0f} min")
+    )
 
 
 def sensor_verdict(
@@ -155,6 +196,8 @@ def _warehouse_rows(report: WarehouseReport, now: datetime) -> list[tuple[str, o
     newest = overview.newest_loaded_at
     when = f"{newest.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC ({ago((now - newest).total_seconds())})" if newest else "-"
     rows.append(("newest loaded_at", when))
+    if overview.undelivered is not None:
+        rows.append(("rejects the dead-letter queue refused", overview.undelivered.count))
     return rows
 
 
@@ -163,6 +206,16 @@ def render(report: StatusReport) -> str:
     rows: list[tuple[str, object]] = [
         *_depth_rows(report.queue),
         ("dead-letter queue", _dlq_value(report.dlq)),
+        *(
+            [
+                (
+                    "dead letters without a rejects row",
+                    f"{report.dead_letters.without_rejects_row} of {report.dead_letters.sampled} looked at",
+                )
+            ]
+            if report.dead_letters is not None
+            else []
+        ),
         *_warehouse_rows(report.warehouse, report.now),
         (SENSOR_NAME, f"{report.sensor.state} ({report.sensor.detail})"),
     ]
@@ -197,6 +250,8 @@ def resources_from_env(environ: Mapping[str, str]) -> tuple[SqsResource, Postgre
         "aws_secret_access_key": environ.get("AWS_SECRET_ACCESS_KEY") or None,
         "max_attempts": 2,
     }
+    if environ.get("SQS_MAX_RECEIVE_COUNT"):
+        settings["max_receive_count"] = int(environ["SQS_MAX_RECEIVE_COUNT"])
     if environ.get("SQS_PROTOCOL") and "protocol" in SqsResource.model_fields:
         settings["protocol"] = environ["SQS_PROTOCOL"]
     postgres = PostgresResource(database_url=environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL, connect_timeout=5)
@@ -268,10 +323,36 @@ def gather_sensor(environ: Mapping[str, str]) -> SensorReport:
     )
 
 
+def gather_ack_path(
+    sqs: SqsResource, dlq: QueueReport, postgres: PostgresResource
+) -> tuple[health.QueuePolicy | None, health.DeadLetterAudit | None]:
+    """(the queue's policy, the dead-letter audit), None for what could not be read: the table still prints."""
+    try:
+        policy = health.queue_policy(sqs)
+    except QueueError:
+        policy = None
+    if dlq.url is None or dlq.error or not _total(dlq.depth or QueueDepth(0, 0, 0)):
+        return policy, None
+    try:
+        with postgres.connect() as conn:
+            return policy, health.audit_dead_letters(sqs, dlq.url, conn)
+    except (QueueError, WarehouseError):
+        return policy, None
+
+
 def gather(environ: Mapping[str, str]) -> StatusReport:
     sqs, postgres = resources_from_env(environ)
     queue, dlq = gather_queues(sqs)
-    return StatusReport(queue, dlq, gather_warehouse(postgres), gather_sensor(environ))
+    policy, dead_letters = gather_ack_path(sqs, dlq, postgres)
+    return StatusReport(
+        queue,
+        dlq,
+        gather_warehouse(postgres),
+        gather_sensor(environ),
+        policy=policy,
+        max_receive_count=sqs.max_receive_count,
+        dead_letters=dead_letters,
+    )
 
 
 def local_stack_env(state_dir: Path) -> dict[str, str]:

@@ -56,6 +56,10 @@ MIGRATION: tuple[str, ...] = (
     "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS masked_ip varchar(256)",
     "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS masked_device_id varchar(256)",
     "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS mask_key_id text",
+    # The ack path (docs/reliability.md): why a forward failed, when the message was sent, its latest redrive.
+    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS dead_letter_error text",
+    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS sent_at timestamptz",
+    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS redriven_at timestamptz",
     *(
         f"""
     CREATE OR REPLACE VIEW user_logins_duplicate_{name} AS
@@ -91,7 +95,10 @@ REJECT_COLUMNS: tuple[str, ...] = (
     "masked_ip",
     "masked_device_id",
     "mask_key_id",
+    "sent_at",
+    "redriven_at",
 )
+_REJECT_TYPES = {"received_at": "timestamptz", "sent_at": "timestamptz", "redriven_at": "timestamptz"}
 
 _STAGE_DDL = """
 CREATE TEMP TABLE fetch_etl_stage (
@@ -108,9 +115,8 @@ class LoadResult:
     staged: int
     inserted: int
     rejects_recorded: int
-    # Rejected MessageIds of this batch not yet in the dead-letter queue / already there.
-    to_dead_letter: list[str] = field(default_factory=list)
-    already_dead_lettered: list[str] = field(default_factory=list)
+    # Rejected keys whose login is stored already (another run loaded it first): acknowledged, not recorded.
+    superseded: list[str] = field(default_factory=list)
     path: str = "none"  # "copy" (straight into the table), "merge" (temp table + ON CONFLICT) or "none"
     loaded_at: datetime | None = None  # user_logins.loaded_at of every row this load inserted
 
@@ -172,8 +178,8 @@ def retire_mask_key(conn: psycopg.Connection, old_key_id: str, new_key_id: str, 
         )
 
 
-def rows_for_copy(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[Any, ...]]:
-    """Rows as Python tuples for COPY: column by column (tolist() gives Python scalars), missing values as None."""
+def column_values(frame: pd.DataFrame, columns: Sequence[str]) -> list[list[Any]]:
+    """Each column as a list of Python scalars (tolist()), missing values as None: one array per column."""
     values = []
     for column in columns:
         series = frame[column]
@@ -182,7 +188,12 @@ def rows_for_copy(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[Any
         if missing.any():  # pandas NaN / NA / NaT -> SQL NULL
             cells = [None if gone else cell for cell, gone in zip(cells, missing.tolist(), strict=True)]
         values.append(cells)
-    return list(zip(*values, strict=True))
+    return values
+
+
+def rows_for_copy(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Rows as Python tuples for COPY, converted column by column."""
+    return list(zip(*column_values(frame, columns), strict=True))
 
 
 def _copy(cur: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
@@ -217,49 +228,136 @@ def _insert_logins(cur: psycopg.Cursor[Any], logins: pd.DataFrame, loaded_at: da
 
 
 def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataFrame) -> LoadResult:
-    """In ONE transaction: insert the new logins (COPY; merge on redelivery) and record rejects."""
-    reject_ids = rejects["message_id"].tolist() if len(rejects) else []
+    """In ONE transaction: insert the new logins (COPY; merge on redelivery), record the rejects, and mark
+    the rejects rows of redriven messages that now load."""
     unique_logins = logins.drop_duplicates("message_id")  # SQS may hand one message out twice in a batch
+    unique_rejects = rejects.drop_duplicates("message_id")
     with conn.transaction(), conn.cursor() as cur:
         row = cur.execute("SELECT now()").fetchone()  # the transaction's time: every row of this load gets it
         loaded_at: datetime = row[0] if row else datetime.now(UTC)
         inserted, path = _insert_logins(cur, unique_logins, loaded_at) if len(unique_logins) else (0, "none")
-        recorded = 0
-        to_dead_letter: list[str] = []
-        already: list[str] = []
-        if reject_ids:
-            cur.executemany(
-                f"INSERT INTO user_logins_rejected ({', '.join(REJECT_COLUMNS)}) "
-                f"VALUES ({', '.join(['%s'] * len(REJECT_COLUMNS))}) ON CONFLICT (message_id) DO NOTHING",
-                rows_for_copy(rejects, REJECT_COLUMNS),
-            )
-            recorded = max(cur.rowcount, 0)
-            cur.execute(
-                "SELECT message_id, dead_lettered_at IS NOT NULL FROM user_logins_rejected WHERE message_id = ANY(%s)",
-                (reject_ids,),
-            )
-            for message_id, done in cur.fetchall():
-                (already if done else to_dead_letter).append(message_id)
+        recorded, superseded = _record_rejects(cur, unique_rejects) if len(unique_rejects) else (0, [])
+        _mark_redriven(cur, unique_logins)
     return LoadResult(
         staged=len(logins),
         inserted=inserted,
         rejects_recorded=recorded,
-        to_dead_letter=to_dead_letter,
-        already_dead_lettered=already,
+        superseded=superseded,
         path=path,
         loaded_at=loaded_at,
     )
 
 
-def mark_dead_lettered(conn: psycopg.Connection, message_ids: Sequence[str]) -> None:
-    """Remember which rejects reached the DLQ, so a rerun does not forward them twice."""
-    if not message_ids:
+def _unnest(columns: Sequence[str], types: dict[str, str]) -> str:
+    """`unnest(%s::text[], …) AS v(columns…)`: a batch as one set-based statement's rows."""
+    arrays = ", ".join(f"%s::{types.get(column, 'text')}[]" for column in columns)
+    return f"unnest({arrays}) AS v({', '.join(columns)})"
+
+
+def _record_rejects(cur: psycopg.Cursor[Any], rejects: pd.DataFrame) -> tuple[int, list[str]]:
+    """Record rejects; returns (rows written, keys superseded by a stored login).
+
+    A stored login always wins: a reject is not recorded for a key that is in `user_logins`. A reject
+    already recorded stays as it was, unless this is a new redrive of it (another `redriven_at`): then it
+    is evaluated afresh, so its row is replaced and it awaits its dead-letter copy again.
+    """
+    columns = ", ".join(REJECT_COLUMNS)
+    fresh = ", ".join(f"{c} = EXCLUDED.{c}" for c in REJECT_COLUMNS if c != "message_id")
+    cur.execute(
+        f"""
+        INSERT INTO user_logins_rejected ({columns})
+        SELECT {columns} FROM {_unnest(REJECT_COLUMNS, _REJECT_TYPES)}
+        WHERE NOT EXISTS (SELECT 1 FROM user_logins l WHERE l.message_id = v.message_id)
+        ON CONFLICT (message_id) DO UPDATE SET {fresh}, dead_lettered_at = NULL, dead_letter_error = NULL
+        WHERE EXCLUDED.redriven_at IS NOT NULL
+          AND EXCLUDED.redriven_at IS DISTINCT FROM user_logins_rejected.redriven_at""",
+        column_values(rejects, REJECT_COLUMNS),
+    )
+    recorded = max(cur.rowcount, 0)
+    cur.execute("SELECT message_id FROM user_logins WHERE message_id = ANY(%s)", (rejects["message_id"].tolist(),))
+    return recorded, [str(r[0]) for r in cur.fetchall()]
+
+
+def _mark_redriven(cur: psycopg.Cursor[Any], logins: pd.DataFrame) -> None:
+    """A redriven message that now loads: its rejects row records the redrive that resolved it."""
+    redriven = logins[logins["redriven_at"].notna()] if "redriven_at" in logins else logins.iloc[0:0]
+    if not len(redriven):
         return
-    with conn.transaction(), conn.cursor() as cur:
+    cur.execute(
+        f"""
+        UPDATE user_logins_rejected r SET redriven_at = v.redriven_at
+        FROM {_unnest(("message_id", "redriven_at"), _REJECT_TYPES)}
+        WHERE r.message_id = v.message_id""",
+        column_values(redriven, ("message_id", "redriven_at")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOutcome:
+    """What is already stored for a message key: the one source of truth for deciding what to do with it."""
+
+    loaded: bool
+    rejected: bool
+    dead_lettered: bool
+    redriven_at: datetime | None
+
+
+def stored_outcomes(conn: psycopg.Connection, keys: Sequence[str]) -> dict[str, StoredOutcome]:
+    """The stored outcome of each key that has one (a login, a reject, or both after a redrive)."""
+    if not keys:
+        return {}
+    rows = conn.execute(
+        """
+        SELECT k.id, l.message_id IS NOT NULL, r.message_id IS NOT NULL, r.dead_lettered_at IS NOT NULL,
+               r.redriven_at
+        FROM unnest(%s::text[]) AS k(id)
+        LEFT JOIN user_logins l ON l.message_id = k.id
+        LEFT JOIN user_logins_rejected r ON r.message_id = k.id
+        WHERE l.message_id IS NOT NULL OR r.message_id IS NOT NULL""",
+        (list(dict.fromkeys(keys)),),
+    ).fetchall()
+    return {str(key): StoredOutcome(bool(ld), bool(rj), bool(dl), redriven) for key, ld, rj, dl, redriven in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedReject:
+    message_id: str
+    reason_code: str
+    reason: str
+    dead_lettered: bool
+
+
+def claim_rejects(cur: psycopg.Cursor[Any], keys: Sequence[str]) -> list[ClaimedReject]:
+    """Lock the rejects rows of `keys` for this transaction, skipping rows another run holds.
+
+    The run that holds a row is the one that forwards it: one dead-letter copy per reject, however many
+    runs hold the message. A skipped row's message is left on the queue and handled when redelivered.
+    """
+    if not keys:
+        return []
+    rows = cur.execute(
+        "SELECT message_id, reason_code, reason, dead_lettered_at IS NOT NULL FROM user_logins_rejected "
+        "WHERE message_id = ANY(%s) FOR UPDATE SKIP LOCKED",
+        (list(dict.fromkeys(keys)),),
+    ).fetchall()
+    return [ClaimedReject(str(mid), str(code), str(reason), bool(done)) for mid, code, reason, done in rows]
+
+
+def record_forwarding(cur: psycopg.Cursor[Any], forwarded: Sequence[str], failed: dict[str, str]) -> None:
+    """Remember which claimed rejects reached the dead-letter queue, and why the others did not."""
+    if forwarded:
         cur.execute(
-            "UPDATE user_logins_rejected SET dead_lettered_at = now() "
-            "WHERE message_id = ANY(%s) AND dead_lettered_at IS NULL",
-            (list(message_ids),),
+            "UPDATE user_logins_rejected SET dead_lettered_at = now(), dead_letter_error = NULL "
+            "WHERE message_id = ANY(%s)",
+            (list(forwarded),),
+        )
+    if failed:
+        cur.execute(
+            f"""
+            UPDATE user_logins_rejected r SET dead_letter_error = v.error
+            FROM {_unnest(("message_id", "error"), {})}
+            WHERE r.message_id = v.message_id""",
+            (list(failed), list(failed.values())),
         )
 
 

@@ -17,7 +17,6 @@ from fetch_etl.batch import (
     BATCH_COLUMNS,
     STATUS_LOADABLE,
     STATUS_REJECTED,
-    dead_letters,
     loadable,
     mask_messages,
     rejected,
@@ -182,7 +181,8 @@ def test_no_clear_ip_or_device_id_anywhere_in_the_frame(frame: pd.DataFrame) -> 
 
 def test_queue_message_and_dead_letter_reprs_hide_the_body(frame: pd.DataFrame) -> None:
     messages = {m.message_id: m for m in MESSAGES}
-    letters = dead_letters(rejected(frame), messages, sorted(EXPECTED_REJECTS))
+    reasons = rejected(frame).set_index("message_id")
+    letters = [DeadLetter(messages[k], reasons.at[k, "reason_code"], reasons.at[k, "reason"]) for k in EXPECTED_REJECTS]
     texts = [repr(m) for m in MESSAGES] + [str(m) for m in MESSAGES] + [repr(letters)]
     for text in texts:
         for marker in (*MARKERS, "oops_wrong_msg_type", "handle-"):
@@ -215,19 +215,6 @@ def test_unparsed_ips_counts_only_valid_logins(masker: HmacMasker) -> None:
     frame = mask_messages(messages, masker)
     assert frame.attrs["unparsed_ips"] == 2
     assert by_id(frame)["c"]["masked_ip"] == masker.mask("192.0.2.1")
-
-
-def test_dead_letters(frame: pd.DataFrame) -> None:
-    messages = {m.message_id: m for m in MESSAGES}
-    wanted = ["m8", "m4", "m6"]
-    letters = dead_letters(rejected(frame), messages, wanted)
-    assert all(isinstance(letter, DeadLetter) for letter in letters)
-    assert [letter.message for letter in letters] == [messages[mid] for mid in wanted]
-    assert [letter.message.body for letter in letters] == [messages[mid].body for mid in wanted]  # unchanged
-    assert [letter.reason_code for letter in letters] == [EXPECTED_REJECTS[mid] for mid in wanted]
-    reasons = by_id(rejected(frame))
-    assert [letter.reason for letter in letters] == [reasons[mid]["reason"] for mid in wanted]
-    assert dead_letters(rejected(frame), messages, []) == []
 
 
 def test_empty_batch(masker: HmacMasker) -> None:

@@ -83,7 +83,7 @@ def test_rejects_are_recorded_beside_a_copied_batch_in_the_same_transaction(data
         migrate(conn)
         result = load_batch(conn, loadable(frame), rejected(frame))
         reasons = conn.execute("SELECT message_id, reason_code FROM user_logins_rejected").fetchall()
-    assert (result.path, result.inserted, result.rejects_recorded, result.to_dead_letter) == ("copy", 1, 1, ["bad"])
+    assert (result.path, result.inserted, result.rejects_recorded, result.superseded) == ("copy", 1, 1, [])
     assert reasons == [("bad", "not_a_login")]
 
 

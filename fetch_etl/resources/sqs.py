@@ -32,7 +32,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_URL = "http://localhost:4566/000000000000/login-queue"
 MAX_BATCH = 10  # SQS's limit per receive, send and delete call
-MAX_BATCH_BYTES = 250 * 1024  # SQS caps a send batch at 256 KiB of payload; keep headroom for attributes
+MAX_BATCH_BYTES = 256 * 1024  # SQS caps a send batch (bodies and message attributes) at 256 KiB
+# Message attributes the pipeline reads: set on dead letters we forward, kept by `fetch-etl redrive`.
+# A copy keeps its original's identity and SentTimestamp (so create_date stays the login's date).
+ORIGINAL_MESSAGE_ID = "original_message_id"
+ORIGINAL_SENT_TIMESTAMP = "original_sent_timestamp"
+REDRIVEN_AT = "redriven_at"
+RECEIVED_ATTRIBUTES = (ORIGINAL_MESSAGE_ID, ORIGINAL_SENT_TIMESTAMP, REDRIVEN_AT)
+# SQS_MAX_RECEIVE_COUNT's default. A queue's own redrive policy must allow more receives than this, or SQS
+# moves a failing message to the DLQ before the pipeline can record it (docs/reliability.md).
+DEFAULT_MAX_RECEIVE_COUNT = 10
 
 
 # botocore logs whole request and response payloads (message bodies: clear PII) at DEBUG.
@@ -48,21 +57,38 @@ def quiet_payload_logging() -> None:
 
 
 class QueueError(RuntimeError):
-    """The queue could not be used; the message is one sentence that says what was tried."""
+    """The queue could not be used; the message is one sentence that says what was tried.
+
+    `code` is SQS's error code (or botocore's error class) where there was one, for callers that record it.
+    """
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
 class QueueMessage:
-    """One received message; `body` may hold clear PII and lives only in memory."""
+    """One received message; `body` may hold clear PII and lives only in memory.
+
+    `key` is the identity its outcome is stored under: the MessageId it first had, which a dead letter
+    and a redriven copy carry as `original_message_id` (each copy gets a new SQS MessageId).
+    """
 
     message_id: str
     receipt_handle: str
     body: str
     sent_timestamp: str | None
     receive_count: int
+    original_message_id: str | None = None
+    redriven_at: str | None = None  # set by `fetch-etl redrive`: evaluate afresh, once per redrive
+
+    @property
+    def key(self) -> str:
+        return self.original_message_id or self.message_id
 
     def __repr__(self) -> str:  # keep bodies out of logs and tracebacks
-        return f"QueueMessage(message_id={self.message_id!r}, receive_count={self.receive_count})"
+        return f"QueueMessage(message_id={self.message_id!r}, key={self.key!r}, receive_count={self.receive_count})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +105,33 @@ class DeadLetter:
     message: QueueMessage
     reason_code: str
     reason: str
+
+    def attributes(self) -> dict[str, dict[str, str]]:
+        return {
+            "reason": {"DataType": "String", "StringValue": self.reason},
+            "reason_code": {"DataType": "String", "StringValue": self.reason_code},
+            ORIGINAL_MESSAGE_ID: {"DataType": "String", "StringValue": self.message.key},
+            **(
+                {ORIGINAL_SENT_TIMESTAMP: {"DataType": "String", "StringValue": self.message.sent_timestamp}}
+                if self.message.sent_timestamp
+                else {}
+            ),
+        }
+
+    def size(self) -> int:
+        """Bytes SQS counts toward its size limit: the body and every attribute's name, type and value."""
+        attributes = sum(
+            len(name) + len(a["DataType"]) + len(a["StringValue"].encode()) for name, a in self.attributes().items()
+        )
+        return len(self.message.body.encode()) + attributes
+
+
+@dataclass(frozen=True)
+class DeadLetterResult:
+    """Which rejects reached the dead-letter queue (by key) and, for those that did not, the error code."""
+
+    forwarded: list[str]
+    failed: dict[str, str]
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -114,7 +167,7 @@ class SqsResource(ResourceWithBoto3Configuration):
     )
 
     max_receive_count: int = Field(
-        default=10,
+        default=DEFAULT_MAX_RECEIVE_COUNT,
         description="SQS_MAX_RECEIVE_COUNT: a message received more often than this without being loaded is "
         "dead-lettered as poison instead of processed again.",
     )
@@ -179,7 +232,8 @@ class SqsResource(ResourceWithBoto3Configuration):
         except NoCredentialsError:
             raise QueueError(
                 f"cannot {what} on {self.describe()}: no AWS credentials "
-                "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+                "NoCredentials",
             ) from None
         except ClientError as err:
             error = err.response.get("Error", {})
@@ -195,9 +249,9 @@ class SqsResource(ResourceWithBoto3Configuration):
                         "2022 LocalStack); set SQS_PROTOCOL=auto or query"
                     ),
                 )
-            raise QueueError(f"cannot {what} on {self.describe()}: {code} {message}".rstrip()) from None
+            raise QueueError(f"cannot {what} on {self.describe()}: {code} {message}".rstrip(), str(code)) from None
         except BotoCoreError as err:
-            raise QueueError(f"cannot {what} on {self.describe()}: {str(err)[:300]}") from None
+            raise QueueError(f"cannot {what} on {self.describe()}: {str(err)[:300]}", type(err).__name__) from None
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -238,6 +292,7 @@ class SqsResource(ResourceWithBoto3Configuration):
                 WaitTimeSeconds=wait_seconds,
                 VisibilityTimeout=self.visibility_timeout,
                 MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
+                MessageAttributeNames=list(RECEIVED_ATTRIBUTES),
             )
             return [_queue_message(raw) for raw in response.get("Messages", [])]
 
@@ -275,18 +330,29 @@ class SqsResource(ResourceWithBoto3Configuration):
     # --- writing ----------------------------------------------------------------------------
 
     def delete(self, messages: Sequence[QueueMessage]) -> list[str]:
-        """Delete messages in batches of ten, in parallel; returns the MessageIds that failed."""
+        """Delete messages in batches of ten, in parallel; returns the MessageIds that were not deleted.
+
+        Never raises: it runs after the commit, when a failure to acknowledge only means a redelivery that
+        the next run recognises from what is stored. A call that fails after botocore's retries counts all
+        its entries as failed and is logged (one sentence, no message content).
+        """
         client = self.client()
         if self._heartbeat is not None:
             self._heartbeat.release(m.message_id for m in messages)
 
         def delete_batch(batch: Sequence[QueueMessage]) -> list[str]:
-            response = self._call(
-                "delete messages",
-                client.delete_message_batch,
-                QueueUrl=self.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(batch)],
-            )
+            try:
+                response = self._call(
+                    "delete messages",
+                    client.delete_message_batch,
+                    QueueUrl=self.queue_url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(batch)],
+                )
+            except QueueError as err:
+                log.warning(
+                    "%s; %d messages stay on the queue and will be acknowledged when redelivered", err, len(batch)
+                )
+                return [m.message_id for m in batch]
             return [batch[int(f["Id"])].message_id for f in response.get("Failed", [])]
 
         batches = list(_chunks(messages, MAX_BATCH))
@@ -303,45 +369,57 @@ class SqsResource(ResourceWithBoto3Configuration):
         response = self._call("create the dead-letter queue", self.client().create_queue, QueueName=name)
         return response["QueueUrl"]
 
-    def dead_letter(self, letters: Sequence[DeadLetter]) -> list[str]:
-        """Forward rejected bodies unchanged, with reason and original MessageId as attributes.
+    def dead_letter(self, letters: Sequence[DeadLetter]) -> DeadLetterResult:
+        """Forward rejected bodies unchanged, with reason, reason code and original MessageId as attributes.
 
-        Returns the MessageIds that reached the dead-letter queue; only those may be deleted.
+        Never raises. A batch call that fails as a whole (BatchRequestTooLong, AccessDenied, a KMS error…)
+        is retried entry by entry, so one letter the dead-letter queue refuses does not hold back the
+        others. Only forwarded letters may be deleted from the source queue; the rest stay there, and
+        `failed` says why (an SQS error code, never message content).
         """
         if not letters:
-            return []
-        dlq_url = self.resolved_dlq_url()
+            return DeadLetterResult([], {})
+        try:
+            dlq_url = self.resolved_dlq_url()
+        except QueueError as err:
+            log.warning("%s", err)
+            return DeadLetterResult([], {letter.message.key: err.code for letter in letters})
         forwarded: list[str] = []
-        for batch in _batches_by_size(letters, lambda letter: len(letter.message.body.encode())):
-            entries = [
-                {
-                    "Id": str(i),
-                    "MessageBody": letter.message.body,
-                    "MessageAttributes": {
-                        "reason": {"DataType": "String", "StringValue": letter.reason},
-                        "reason_code": {"DataType": "String", "StringValue": letter.reason_code},
-                        "original_message_id": {
-                            "DataType": "String",
-                            "StringValue": letter.message.message_id,
-                        },
-                    },
-                }
-                for i, letter in enumerate(batch)
-            ]
-            response = self._call(
-                "forward rejects to the dead-letter queue",
-                self.client().send_message_batch,
-                QueueUrl=dlq_url,
-                Entries=entries,
-            )
-            forwarded += [batch[int(ok["Id"])].message.message_id for ok in response.get("Successful", [])]
-            for failure in response.get("Failed", []):
-                log.warning(
-                    "dead-letter queue refused message %s: %s",
-                    batch[int(failure["Id"])].message.message_id,
-                    failure.get("Code"),
-                )
-        return forwarded
+        failed: dict[str, str] = {}
+        for batch in _batches_by_size(letters, DeadLetter.size):
+            try:
+                ok, refused = self._send_dead_letters(dlq_url, batch)
+            except QueueError as whole:
+                log.warning("%s; retrying its %d entries one by one", whole, len(batch))
+                ok, refused = [], {}
+                for letter in batch:
+                    try:
+                        one_ok, one_refused = self._send_dead_letters(dlq_url, [letter])
+                    except QueueError as single:
+                        one_ok, one_refused = [], {letter.message.key: single.code}
+                    ok += one_ok
+                    refused.update(one_refused)
+            forwarded += ok
+            failed.update(refused)
+        for key, code in failed.items():
+            log.warning("dead-letter queue refused message %s: %s; it stays on the source queue", key, code)
+        return DeadLetterResult(forwarded, failed)
+
+    def _send_dead_letters(self, dlq_url: str, batch: Sequence[DeadLetter]) -> tuple[list[str], dict[str, str]]:
+        """One SendMessageBatch: (forwarded keys, {key: error code} of refused entries)."""
+        entries = [
+            {"Id": str(i), "MessageBody": letter.message.body, "MessageAttributes": letter.attributes()}
+            for i, letter in enumerate(batch)
+        ]
+        response = self._call(
+            "forward rejects to the dead-letter queue",
+            self.client().send_message_batch,
+            QueueUrl=dlq_url,
+            Entries=entries,
+        )
+        ok = [batch[int(entry["Id"])].message.key for entry in response.get("Successful", [])]
+        refused = {batch[int(f["Id"])].message.key: str(f.get("Code") or "error") for f in response.get("Failed", [])}
+        return ok, refused
 
     def send_bodies(self, bodies: Iterable[str], threads: int = 4) -> int:
         """Send message bodies to the source queue (seeding, demos); returns how many were sent."""
@@ -366,12 +444,15 @@ class SqsResource(ResourceWithBoto3Configuration):
 
 def _queue_message(raw: dict[str, Any]) -> QueueMessage:
     attrs = raw.get("Attributes", {})
+    custom = raw.get("MessageAttributes", {})
     return QueueMessage(
         message_id=raw["MessageId"],
         receipt_handle=raw["ReceiptHandle"],
         body=raw.get("Body", ""),
-        sent_timestamp=attrs.get("SentTimestamp"),
+        sent_timestamp=custom.get(ORIGINAL_SENT_TIMESTAMP, {}).get("StringValue") or attrs.get("SentTimestamp"),
         receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
+        original_message_id=custom.get(ORIGINAL_MESSAGE_ID, {}).get("StringValue") or None,
+        redriven_at=custom.get(REDRIVEN_AT, {}).get("StringValue") or None,
     )
 
 
