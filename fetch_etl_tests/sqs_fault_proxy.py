@@ -16,6 +16,8 @@ added, until `times` is used up; `clear()` removes them all, `remove(rule)` one)
         proxy.fail_call("SendMessageBatch", queue="q-1-dlq", status=400, code="BatchRequestTooLong")
         proxy.fail_call("SendMessageBatch", queue="q-1-dlq", status=403, code="AccessDenied", times=1)
         proxy.fail_call(None, status=503, times=2)     # any action: a bare 503 (no error body), twice
+        gate = proxy.hold_calls("SendMessageBatch", queue="q-1-dlq")  # paused until gate.release.set()
+        gate.arrived.wait(10)                          # a held call has reached the proxy
         proxy.calls                                    # [(action, queue name), ...] of every request seen
 
 - `action`: the SQS action name (`SendMessageBatch`, `DeleteMessageBatch`, `ReceiveMessage`...); None is any.
@@ -24,6 +26,9 @@ added, until `times` is used up; `clear()` removes them all, `remove(rule)` one)
 - `fail_entries(..., body_contains=S | entry=predicate)`: which entries of a batch call fail (default all).
   The other entries go on to the server (the request is rewritten without the failed ones); the answer
   merges the server's `Successful`/`Failed` with ours. `code`, `message`, `sender_fault` shape each entry.
+- `hold_calls(action, queue, times)`: matching calls wait at the proxy until `rule.release` is set, then go
+  on to the server unchanged; `rule.arrived` is set when the first one reaches the proxy. For interleaving
+  two clients deterministically (one paused mid-call while the other runs).
 - `fail_call(..., status, code, message)`: the whole call gets this HTTP error, in the request's protocol
   (JSON `__type` with the `x-amzn-query-error` header AWS sends, or query `<ErrorResponse>`). `code` is the
   error's JSON-protocol name; the query code comes from `query_code`, else SQS's own mapping
@@ -41,7 +46,7 @@ import json
 import re
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
 from types import TracebackType
 from typing import Any, Self
@@ -74,6 +79,9 @@ class Rule:
     sender_fault: bool = False
     entry: Callable[[Entry], bool] | None = None  # set: an entry rule; None: a whole-call rule
     hits: int = 0
+    hold: bool = False  # a hold rule: pause the call until `release` is set, then forward it
+    arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
     def matches(self, action: str, queue: str | None) -> bool:
         return (
@@ -156,6 +164,10 @@ class SqsFaultProxy:
             Rule(action, queue, times, code=code, message=message, sender_fault=sender_fault, entry=predicate)
         )
 
+    def hold_calls(self, action: str | None, *, queue: str | None = None, times: int | None = None) -> Rule:
+        """Matching calls wait until `rule.release` is set, then reach the server unchanged."""
+        return self._add(Rule(action, queue, times, hold=True))
+
     def remove(self, rule: Rule) -> None:
         with self._lock:
             self._rules.remove(rule)
@@ -215,12 +227,21 @@ class SqsFaultProxy:
         with self._lock:
             self.calls.append((request.action, request.queue))
             rules = [r for r in self._rules if r.matches(request.action, request.queue)]
+            hold = next((r for r in rules if r.hold), None)
+            if hold is not None:
+                hold.hits += 1
+                if hold.times is not None:
+                    hold.times -= 1
+            rules = [r for r in rules if not r.hold]
             call_rule = next((r for r in rules if r.entry is None), None)
             if call_rule is not None:
                 call_rule.hits += 1
                 if call_rule.times is not None:
                     call_rule.times -= 1
             failed = [] if call_rule is not None else self._failed_entries(request, rules)
+        if hold is not None:
+            hold.arrived.set()
+            hold.release.wait(timeout=60)
         if call_rule is not None:
             return _error_answer(request, call_rule, start_response)
         if not failed:
