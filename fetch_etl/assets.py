@@ -153,7 +153,6 @@ def user_logins(
     by_id = {m.message_id: m for m in raw_login_messages}
     loadable, rejected = batch.loadable(masked_logins), batch.rejected(masked_logins)
     with postgres.connect() as conn:
-        migrate(conn)
         result = load_batch(conn, loadable, rejected)
         forwarded = sqs.dead_letter(batch.dead_letters(rejected, by_id, result.to_dead_letter))
         mark_dead_lettered(conn, forwarded)
