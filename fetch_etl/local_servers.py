@@ -265,7 +265,7 @@ class EmbeddedPostgres(_ServerProcess):
             self._tmp_socket_dir = None
 
     def _probe(self) -> None:
-        psycopg.connect(self.url, connect_timeout=1).close()
+        psycopg.connect(self.url, connect_timeout=1, client_encoding="UTF8").close()
 
     def _prepare_data_dir(self) -> dict[str, Any]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -320,18 +320,27 @@ def _db_url(server_url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-def create_database(server_url: str, name: str) -> str:
-    """Create an empty database on any server we may CREATE DATABASE on; returns its URL (test isolation)."""
+def create_database(server_url: str, name: str, encoding: str | None = None) -> str:
+    """Create an empty database on any server we may CREATE DATABASE on; returns its URL (test isolation).
+
+    `encoding` (e.g. "SQL_ASCII", what servers initialised without a UTF8 locale use) gets a database of
+    that encoding with the C locale, from template0; None takes the server's default.
+    """
     url = _db_url(server_url, name)
-    with psycopg.connect(server_url, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if encoding is not None:
+        statement += sql.SQL(" ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").format(
+            sql.Literal(encoding)
+        )
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=10, client_encoding="UTF8") as conn:
+        conn.execute(statement)
     return url
 
 
 def drop_database(server_url: str, name: str) -> None:
     """Drop a database even if a leaked connection still uses it (FORCE on PG >= 13)."""
     _db_url(server_url, name)
-    with psycopg.connect(server_url, autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=10, client_encoding="UTF8") as conn:
         if conn.info.server_version >= 130000:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         else:

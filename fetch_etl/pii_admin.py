@@ -19,9 +19,11 @@ from datetime import UTC, date, datetime
 import psycopg
 from psycopg import sql
 
+from fetch_etl import locks
+from fetch_etl.key_registry import retire_mask_key
 from fetch_etl.masking import PII_FIELDS, PiiField, SivMasker, TokenError, decode_siv_token, token_mode
 from fetch_etl.resources.postgres import PostgresResource
-from fetch_etl.warehouse import migrate, retire_mask_key
+from fetch_etl.schema import migrate
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("fetch_etl.audit")
@@ -38,7 +40,6 @@ HMAC_ROTATE_REFUSAL = (
 )
 ROTATED_TABLES = ("user_logins", "user_logins_rejected")
 DEFAULT_BATCH_SIZE = 5_000
-_ROTATION_LOCK = 0x0FE7C4E72  # one rotate-key per database at a time
 _CACHE_LIMIT = 200_000
 
 
@@ -351,8 +352,9 @@ def rotate_key(
     if old.key_id == new.key_id:
         raise PiiAdminError(f"the old and the new key are the same key (id {new.key_id}); nothing to rotate")
     migrate(conn)  # the rejects' token columns may not exist yet
-    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_ROTATION_LOCK,)).fetchone()[0]:
-        raise PiiAdminError("another rotate-key is running on this database; wait for it to finish")
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (int(locks.AdvisoryLock.ROTATION),)).fetchone()[0]:
+        holder = "; ".join(h.describe() for h in locks.holders(conn, locks.AdvisoryLock.ROTATION))
+        raise PiiAdminError(f"another rotate-key is running on this database ({holder}); wait for it to finish")
     result = RotationResult(old.key_id, new.key_id)
     started = time.perf_counter()
     try:
@@ -362,6 +364,6 @@ def rotate_key(
         if result.complete:
             retire_mask_key(conn, old.key_id, new.key_id, new.mode)
     finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (_ROTATION_LOCK,))
+        locks.release(conn, locks.AdvisoryLock.ROTATION)
     result.seconds = time.perf_counter() - started
     return result

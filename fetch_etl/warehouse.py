@@ -1,7 +1,7 @@
-"""The Postgres side: schema migration and the one-transaction idempotent load.
+"""The Postgres side: the one-transaction idempotent load.
 
-`user_logins` may already exist exactly as the reference image creates it; we only add what the
-pipeline needs (idempotency key, raw version, load time, key id) and never change existing columns.
+The schema and its migration live in `schema.py`, the masking-key registry in `key_registry.py`; their
+entry points are imported here too, where the callers have always found them.
 """
 
 from __future__ import annotations
@@ -15,65 +15,10 @@ import pandas as pd
 import psycopg
 import psycopg.sql
 
-from fetch_etl.masking import MaskingKeyError
-
-# The reference DDL, verbatim: created only when the table is missing.
-USER_LOGINS_DDL = """
-CREATE TABLE IF NOT EXISTS user_logins(
-    user_id             varchar(128),
-    device_type         varchar(32),
-    masked_ip           varchar(256),
-    masked_device_id    varchar(256),
-    locale              varchar(32),
-    app_version         integer,
-    create_date         date
-)"""
-
-MIGRATION: tuple[str, ...] = (
-    USER_LOGINS_DDL,
-    "ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS message_id text",
-    "ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS app_version_raw text",
-    "ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS loaded_at timestamptz",
-    "ALTER TABLE user_logins ADD COLUMN IF NOT EXISTS mask_key_id text",
-    "CREATE UNIQUE INDEX IF NOT EXISTS user_logins_message_id_key ON user_logins (message_id)",
-    "CREATE INDEX IF NOT EXISTS user_logins_loaded_at_idx ON user_logins (loaded_at)",
-    """
-    CREATE TABLE IF NOT EXISTS fetch_etl_mask_keys(
-        key_id         text PRIMARY KEY,
-        mode           text NOT NULL,
-        first_used_at  timestamptz NOT NULL DEFAULT now(),
-        retired_at     timestamptz
-    )""",
-    """
-    CREATE TABLE IF NOT EXISTS user_logins_rejected(
-        message_id        text PRIMARY KEY,
-        reason_code       text NOT NULL,
-        reason            text NOT NULL,
-        received_at       timestamptz NOT NULL,
-        dead_lettered_at  timestamptz
-    )""",
-    # Rejects keep tokens of their ip/device_id when those were usable strings (never clear values).
-    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS masked_ip varchar(256)",
-    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS masked_device_id varchar(256)",
-    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS mask_key_id text",
-    # The ack path (docs/reliability.md): why a forward failed, when the message was sent, its latest redrive.
-    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS dead_letter_error text",
-    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS sent_at timestamptz",
-    "ALTER TABLE user_logins_rejected ADD COLUMN IF NOT EXISTS redriven_at timestamptz",
-    *(
-        f"""
-    CREATE OR REPLACE VIEW user_logins_duplicate_{name} AS
-    SELECT {column} AS token, count(*) AS logins, count(DISTINCT user_id) AS distinct_users,
-           min(create_date) AS first_create_date, max(create_date) AS last_create_date
-    FROM user_logins WHERE {column} IS NOT NULL
-    GROUP BY {column} HAVING count(*) > 1"""
-        for name, column in (("ips", "masked_ip"), ("devices", "masked_device_id"))
-    ),
-)
-
-# One lock id for every fetch-etl migration, so concurrent runs never race on DDL.
-_MIGRATION_LOCK = 0x0FE7C4E71
-_KEY_REGISTRY_LOCK = 0x0FE7C4E72
+from fetch_etl.key_registry import check_mask_key as check_mask_key
+from fetch_etl.key_registry import retire_mask_key as retire_mask_key
+from fetch_etl.schema import USER_LOGINS_DDL as USER_LOGINS_DDL
+from fetch_etl.schema import migrate as migrate
 
 LOGIN_COLUMNS: tuple[str, ...] = (
     "message_id",
@@ -123,59 +68,6 @@ class LoadResult:
     @property
     def already_present(self) -> int:
         return self.staged - self.inserted
-
-
-def migrate(conn: psycopg.Connection) -> None:
-    """Create or extend the tables; safe to run concurrently and repeatedly."""
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        for statement in MIGRATION:
-            cur.execute(statement)
-
-
-def check_mask_key(conn: psycopg.Connection, key_id: str, mode: str) -> None:
-    """Refuse a key or mode other than the one the stored tokens were made with; register it on first use.
-
-    Loading with another key would split every duplicate across two token spaces, silently. The
-    registry (`fetch_etl_mask_keys`) names the active key; `rotate-key` retires the old one.
-    """
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_KEY_REGISTRY_LOCK,))
-        cur.execute("SELECT key_id, mode FROM fetch_etl_mask_keys WHERE retired_at IS NULL")
-        active = cur.fetchall()
-        if not active:  # first use, possibly on a table that predates the registry: its tokens tell
-            cur.execute(
-                "SELECT mask_key_id FROM user_logins WHERE mask_key_id IS NOT NULL AND mask_key_id <> %s LIMIT 1",
-                (key_id,),
-            )
-            active = [(row[0], "unknown") for row in cur.fetchall()]
-        for active_id, active_mode in active:
-            if active_id != key_id or active_mode not in (mode, "unknown"):
-                raise MaskingKeyError(
-                    f"this run's masking key (key id {key_id}, mode {mode}) is not the one the stored tokens were "
-                    f"made with (key id {active_id}, mode {active_mode}); loading would split duplicates across "
-                    "two token spaces. Set PII_MASKING_KEY/PII_MASKING_MODE to that key and mode, or re-key the "
-                    "data first with `fetch-etl rotate-key` (siv mode); nothing was received from the queue"
-                )
-        cur.execute(
-            "INSERT INTO fetch_etl_mask_keys (key_id, mode) VALUES (%s, %s) ON CONFLICT (key_id) DO NOTHING",
-            (key_id, mode),
-        )
-
-
-def retire_mask_key(conn: psycopg.Connection, old_key_id: str, new_key_id: str, mode: str) -> None:
-    """After a completed rotation: the new key becomes the active one."""
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_KEY_REGISTRY_LOCK,))
-        cur.execute(
-            "UPDATE fetch_etl_mask_keys SET retired_at = now() WHERE key_id = %s AND retired_at IS NULL",
-            (old_key_id,),
-        )
-        cur.execute(
-            "INSERT INTO fetch_etl_mask_keys (key_id, mode) VALUES (%s, %s) "
-            "ON CONFLICT (key_id) DO UPDATE SET retired_at = NULL, mode = EXCLUDED.mode",
-            (new_key_id, mode),
-        )
 
 
 def column_values(frame: pd.DataFrame, columns: Sequence[str]) -> list[list[Any]]:

@@ -11,6 +11,9 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
 DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@localhost:5432/postgres"
+# Always UTF8 on the wire, whatever the server encoding: on a SQL_ASCII database the client encoding
+# would otherwise be SQL_ASCII too, and psycopg then returns every text value as bytes.
+CLIENT_ENCODING = "UTF8"
 
 
 class WarehouseError(RuntimeError):
@@ -47,12 +50,13 @@ class PostgresResource(ConfigurableResource):
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
-        """A connection with application_name set; failures become one clear WarehouseError."""
+        """A connection with application_name and a UTF8 client encoding; failures become one clear WarehouseError."""
         try:
             conn = psycopg.connect(
                 self.database_url,
                 connect_timeout=self.connect_timeout,
                 application_name="fetch-etl",
+                client_encoding=CLIENT_ENCODING,
                 autocommit=True,
             )
         except psycopg.Error as err:
