@@ -281,6 +281,26 @@ def status(local_stack: bool, state_dir: Path) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Move nothing; report what would move.")
+@click.option("--reason", "reasons", multiple=True, metavar="CODE", help="Only dead letters with this reason_code.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Move at most N messages.")
+def redrive(dry_run: bool, reasons: tuple[str, ...], limit: int | None) -> None:
+    """Move dead letters back to the source queue, keeping original_message_id; exit 1 on any failure.
+
+    Reads the pipeline's environment: SQS_QUEUE_URL, SQS_DLQ_URL, AWS_*. See docs/operations.md.
+    """
+    from fetch_etl.redrive import redrive_from_env
+
+    try:
+        result = redrive_from_env(os.environ, reasons, limit, dry_run)
+    except QueueError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(result.table())
+    if (failure := result.failure()) is not None:
+        raise click.ClickException(failure)
+
+
 main.add_command(reveal)
 main.add_command(rotate_key)
 

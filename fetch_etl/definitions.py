@@ -10,6 +10,7 @@ from fetch_etl.assets import masked_logins, raw_login_messages, user_logins
 from fetch_etl.checks import USER_LOGINS_CHECKS
 from fetch_etl.io_managers import batch_io_manager
 from fetch_etl.jobs import ingest_logins_job
+from fetch_etl.redrive_job import redrive_dead_letters
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
 from fetch_etl.resources.postgres import DEFAULT_DATABASE_URL
 from fetch_etl.resources.sqs import DEFAULT_MAX_RECEIVE_COUNT, DEFAULT_QUEUE_URL
@@ -28,7 +29,7 @@ def env_int(name: str, default: int) -> int | EnvVar:
 defs = Definitions(
     assets=[raw_login_messages, masked_logins, user_logins],
     asset_checks=USER_LOGINS_CHECKS,
-    jobs=[ingest_logins_job],
+    jobs=[ingest_logins_job, redrive_dead_letters],
     sensors=[login_queue_sensor],
     executor=in_process_executor,
     resources={

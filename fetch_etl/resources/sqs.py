@@ -441,6 +441,85 @@ class SqsResource(ResourceWithBoto3Configuration):
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqs-send") as pool:
             return sum(pool.map(send, batches))
 
+    # --- any queue, with message attributes (redrive) ----------------------------------------
+
+    def on_queue(self, queue_url: str) -> SqsResource:
+        """The same settings addressed at another queue (the DLQ, say), so its errors name that queue."""
+        return SqsResource(**{**self.model_dump(), "queue_url": queue_url, "dlq_url": None})
+
+    def receive_with_attributes(self, max_messages: int = MAX_BATCH) -> list[tuple[QueueMessage, dict[str, str]]]:
+        """One ReceiveMessage call, each message with its String message attributes (a dead letter's reason)."""
+        response = self._call(
+            "receive messages",
+            self.client().receive_message,
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=max(1, min(MAX_BATCH, max_messages)),
+            WaitTimeSeconds=self.wait_time_seconds,
+            VisibilityTimeout=self.visibility_timeout,
+            MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
+            MessageAttributeNames=["All"],
+        )
+        return [
+            (
+                _queue_message(raw),
+                {
+                    name: str(value["StringValue"])
+                    for name, value in (raw.get("MessageAttributes") or {}).items()
+                    if "StringValue" in value
+                },
+            )
+            for raw in response.get("Messages", [])
+        ]
+
+    def send_with_attributes(self, items: Sequence[tuple[str, dict[str, str]]]) -> dict[int, str]:
+        """Send (body, String attributes) pairs in size-bounded batches; returns failed item index -> error code.
+
+        A whole call that fails raises QueueError; items of batches already sent stay sent.
+        """
+        if any(len(attributes) > MAX_MESSAGE_ATTRIBUTES for _, attributes in items):
+            raise ValueError(f"SQS allows at most {MAX_MESSAGE_ATTRIBUTES} message attributes")
+
+        def size(index: int) -> int:
+            body, attributes = items[index]
+            return len(body.encode()) + sum(len(k.encode()) + len(v.encode()) + 6 for k, v in attributes.items())
+
+        failed: dict[int, str] = {}
+        for batch in _batches_by_size(range(len(items)), size):
+            entries = [
+                {
+                    "Id": str(index),
+                    "MessageBody": items[index][0],
+                    "MessageAttributes": {
+                        name: {"DataType": "String", "StringValue": value} for name, value in items[index][1].items()
+                    },
+                }
+                for index in batch
+            ]
+            response = self._call(
+                "send messages", self.client().send_message_batch, QueueUrl=self.queue_url, Entries=entries
+            )
+            failed |= {int(f["Id"]): str(f.get("Code") or "error") for f in response.get("Failed", [])}
+        return failed
+
+    def change_visibility(self, messages: Sequence[QueueMessage], seconds: int) -> list[str]:
+        """Set held messages' visibility (0: visible again at once); returns the MessageIds that failed."""
+        failed: list[str] = []
+        for batch in _chunks(messages, MAX_BATCH):
+            response = self._call(
+                "change message visibility",
+                self.client().change_message_visibility_batch,
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds}
+                    for i, m in enumerate(batch)
+                ],
+            )
+            failed += [batch[int(f["Id"])].message_id for f in response.get("Failed", [])]
+        return failed
+
+
+MAX_MESSAGE_ATTRIBUTES = 10  # SQS's limit per message (send_with_attributes)
+
 
 def _queue_message(raw: dict[str, Any]) -> QueueMessage:
     attrs = raw.get("Attributes", {})
