@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fetch_etl.resources.sqs import ORIGINAL_MESSAGE_ID, QueueDepth, QueueError, SqsResource
+from fetch_etl.resources.sqs import QueueDepth, QueueError, QueueMessage, SqsResource
 
 # Rows that fetch-etl loaded itself; a pre-existing reference table may hold legacy rows without one.
 LOADED_BY_FETCH_ETL = "message_id IS NOT NULL"
@@ -295,45 +295,23 @@ def audit_dead_letters(sqs: SqsResource, url: str, conn: psycopg.Connection, lim
     """Look at up to `limit` dead letters and count those without a rejects row.
 
     A pipeline-forwarded dead letter carries `original_message_id`; one SQS moved by its own redrive policy
-    keeps its MessageId. Either way the key must be in `user_logins_rejected`, or the pipeline never saw the
-    message fail (the redrive policy's maxReceiveCount is at or below SQS_MAX_RECEIVE_COUNT). The messages
-    are made visible again at once; their bodies are not read.
+    keeps its MessageId. Either way its key must be in `user_logins_rejected`, or the pipeline never saw the
+    message fail (the redrive policy's maxReceiveCount is at or below SQS_MAX_RECEIVE_COUNT). What was
+    looked at is made visible again at once; bodies are not read.
     """
-    client = sqs.client()
-    seen: dict[str, str] = {}  # MessageId -> key
-    handles: list[str] = []
+    settings = {**sqs.model_dump(), "queue_url": url, "dlq_url": None, "visibility_timeout": 30, "wait_time_seconds": 0}
+    dlq = SqsResource(**settings)
+    seen: dict[str, QueueMessage] = {}
     while len(seen) < limit:
-        response = sqs._call(
-            "look at the dead-letter queue",
-            client.receive_message,
-            QueueUrl=url,
-            MaxNumberOfMessages=min(10, limit - len(seen)),
-            VisibilityTimeout=30,
-            WaitTimeSeconds=0,
-            MessageAttributeNames=[ORIGINAL_MESSAGE_ID],
-        )
-        batch = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
+        batch = [m for m, _ in dlq.receive_with_attributes(min(10, limit - len(seen))) if m.message_id not in seen]
         if not batch:
             break
-        for message in batch:
-            original = message.get("MessageAttributes", {}).get(ORIGINAL_MESSAGE_ID, {}).get("StringValue")
-            seen[message["MessageId"]] = original or message["MessageId"]
-            handles.append(message["ReceiptHandle"])
-    for start in range(0, len(handles), 10):  # let go at once: a status call must not hide dead letters
-        entries = [
-            {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
-            for i, h in enumerate(handles[start : start + 10])
-        ]
-        sqs._call("release dead letters", client.change_message_visibility_batch, QueueUrl=url, Entries=entries)
-    keys = sorted(set(seen.values()))
-    recorded = (
-        {
-            str(row[0])
-            for row in conn.execute(
-                "SELECT message_id FROM user_logins_rejected WHERE message_id = ANY(%s)", (keys,)
-            ).fetchall()
-        }
-        if keys and table_columns(conn, "user_logins_rejected")
-        else set()
-    )
-    return DeadLetterAudit(len(seen), sum(1 for key in seen.values() if key not in recorded))
+        seen |= {m.message_id: m for m in batch}
+    if seen:
+        dlq.change_visibility(list(seen.values()), 0)  # a status call must not hide dead letters
+    keys = sorted({m.key for m in seen.values()})
+    recorded: set[str] = set()
+    if keys and table_columns(conn, "user_logins_rejected"):
+        rows = conn.execute("SELECT message_id FROM user_logins_rejected WHERE message_id = ANY(%s)", (keys,))
+        recorded = {str(row[0]) for row in rows.fetchall()}
+    return DeadLetterAudit(len(seen), sum(1 for m in seen.values() if m.key not in recorded))

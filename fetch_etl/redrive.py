@@ -19,13 +19,19 @@ from typing import Protocol
 
 from tabulate import tabulate
 
-from fetch_etl.resources.sqs import MAX_BATCH, QueueError, QueueMessage, SqsResource
+from fetch_etl.resources.sqs import (
+    MAX_BATCH,
+    ORIGINAL_MESSAGE_ID,
+    ORIGINAL_SENT_TIMESTAMP,
+    REDRIVEN_AT,
+    QueueError,
+    QueueMessage,
+    SqsResource,
+)
 from fetch_etl.status import resources_from_env
 
 log = logging.getLogger(__name__)
 
-ORIGINAL_MESSAGE_ID = "original_message_id"
-REDRIVEN_AT = "redriven_at"
 REASON_CODE = "reason_code"
 # The reason of a dead letter without a reason_code attribute: moved there by SQS's own redrive policy or by hand.
 UNRECORDED = "unrecorded"
@@ -96,13 +102,16 @@ class RedriveResult:
         }
 
 
-def redriven_attributes(message: QueueMessage, attributes: Mapping[str, str], now: datetime) -> dict[str, str]:
-    """What the source queue's copy carries: the id the pipeline keys it by, and when it was redriven.
+def redriven_attributes(message: QueueMessage, now: datetime) -> dict[str, str]:
+    """What the source queue's copy carries: the key the pipeline stores it under, the original's
+    SentTimestamp (so create_date stays the login's date), and when it was redriven.
 
-    A dead letter SQS's own redrive policy moved has no attribute but kept its MessageId.
+    A dead letter SQS's own redrive policy moved has no attributes but kept its MessageId and SentTimestamp,
+    which `QueueMessage.key` and `sent_timestamp` fall back to.
     """
     return {
-        ORIGINAL_MESSAGE_ID: attributes.get(ORIGINAL_MESSAGE_ID) or message.message_id,
+        ORIGINAL_MESSAGE_ID: message.key,
+        **({ORIGINAL_SENT_TIMESTAMP: message.sent_timestamp} if message.sent_timestamp else {}),
         REDRIVEN_AT: now.isoformat(timespec="milliseconds"),
     }
 
@@ -174,7 +183,7 @@ def _move(
     now = datetime.now(UTC)
     try:
         refused = source.send_with_attributes(
-            [(message.body, redriven_attributes(message, attributes, now)) for message, attributes, _ in to_move]
+            [(message.body, redriven_attributes(message, now)) for message, _, _ in to_move]
         )
     except QueueError as err:
         result.error = str(err)

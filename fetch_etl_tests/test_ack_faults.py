@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from fetch_etl.local_stack import QueueUrls, create_queue_pair
+from fetch_etl.redrive import redrive
 from fetch_etl.resources.sqs import DEFAULT_MAX_RECEIVE_COUNT
 from fetch_etl.status import gather
 from fetch_etl.synthetic import generate_bodies
@@ -217,3 +218,43 @@ def test_status_counts_dead_letters_without_a_rejects_row_and_a_redrive_limit_to
     finally:
         for url in queues:
             sqs_client.delete_queue(QueueUrl=url)
+
+
+def test_a_poison_login_redriven_after_a_fix_lands_once_under_its_original_id(
+    sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls, database_url: str
+) -> None:
+    """Case 6: poison -> DLQ -> `fetch-etl redrive` -> loaded once; a redrive of a loaded login adds nothing."""
+    (poisoned, loaded) = send(sqs_client, queue_urls.queue_url, generate_bodies(2, seed=16, malformed_rate=0))
+    sqs = sqs_resource(sqs_endpoint, queue_urls, max_receive_count=3)
+    for _ in range(3):  # runs that kept dying while holding the first login
+        sqs_client.receive_message(QueueUrl=queue_urls.queue_url, MaxNumberOfMessages=1, VisibilityTimeout=0)
+    first = metadata(run_pipeline(resources(sqs_endpoint, queue_urls, database_url, sqs=sqs)))
+    assert first["rejected_by_reason"] == {"poison": 1} and first["loaded"] == 1
+    (created,) = fetch_all(database_url, "SELECT create_date FROM user_logins WHERE message_id = %s", (loaded,))
+
+    moved = redrive(sqs)  # the fix: whatever killed those runs is gone
+    assert (moved.ok, dict(moved.moved)) == (True, {"poison": 1})
+    # A stray DLQ copy of the login already loaded, as a crash between forward and mark could leave.
+    sqs_client.send_message(
+        QueueUrl=queue_urls.dlq_url,
+        MessageBody="{}",
+        MessageAttributes={"original_message_id": {"DataType": "String", "StringValue": loaded}},
+    )
+    assert redrive(sqs).moved.total() == 1
+
+    second = metadata(run_pipeline(resources(sqs_endpoint, queue_urls, database_url, sqs=sqs)))
+    assert (second["received"], second["loaded"], second["already_stored"], second["rejected"]) == (2, 1, 1, 0)
+    rows = fetch_all(database_url, "SELECT message_id, create_date FROM user_logins ORDER BY message_id")
+    assert sorted(r[0] for r in rows) == sorted([poisoned, loaded]), "each once, under its original id"
+    assert {r[1] for r in rows} == {created[0]}, "the redriven copy keeps the original's SentTimestamp"
+    (row,) = fetch_all(
+        database_url,
+        "SELECT reason_code, redriven_at IS NOT NULL FROM user_logins_rejected WHERE message_id = %s",
+        (poisoned,),
+    )
+    assert row == ("poison", True), "its rejects row is marked as redriven"
+    assert queue_counts(sqs_client, queue_urls.queue_url) == (0, 0)
+    assert queue_counts(sqs_client, queue_urls.dlq_url) == (0, 0)
+
+    third = metadata(run_pipeline(resources(sqs_endpoint, queue_urls, database_url, sqs=sqs)))
+    assert third["received"] == 0

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from fetch_etl.cli import main
 from fetch_etl.definitions import defs
-from fetch_etl.local_stack import QueueUrls
+from fetch_etl.local_stack import LOCAL_REDRIVE_MAX_RECEIVE_COUNT, QueueUrls
 from fetch_etl.redrive import redrive
 from fetch_etl_tests.helpers import aws_env as subprocess_env
 from fetch_etl_tests.helpers import drain, login_body, queue_counts, send, sqs_resource
@@ -110,7 +110,9 @@ def test_redrive_moves_every_dead_letter_back_with_its_body_original_id_and_redr
     assert sorted(m["Body"] for m in moved) == sorted(body for body, _ in letters), "bodies unchanged, each once"
     for message in moved:
         attributes = _attributes(message)
-        assert set(attributes) == {"original_message_id", "redriven_at"}, "no old reason: evaluated afresh"
+        assert set(attributes) == {"original_message_id", "original_sent_timestamp", "redriven_at"}, (
+            "no old reason: evaluated afresh"
+        )
         assert attributes["original_message_id"] == originals[message["Body"]]
         redriven_at = datetime.fromisoformat(attributes["redriven_at"])
         assert redriven_at.utcoffset() == timedelta(0) and before - timedelta(seconds=1) <= redriven_at <= after
@@ -121,7 +123,7 @@ def test_a_message_sqs_itself_moved_keeps_its_own_message_id(
     aws_env: dict[str, str], sqs_client: Any, queue_urls: QueueUrls
 ) -> None:
     (message_id,) = send(sqs_client, queue_urls.queue_url, [login_body(ip=SECRET_IP)])
-    for _ in range(20):  # the queue's redrive policy moves it after 5 receives
+    for _ in range(LOCAL_REDRIVE_MAX_RECEIVE_COUNT + 5):  # the queue's redrive policy moves it after that many
         sqs_client.receive_message(QueueUrl=queue_urls.queue_url, VisibilityTimeout=0)
         if queue_counts(sqs_client, queue_urls.dlq_url)[0]:
             break
