@@ -21,11 +21,12 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from fetch_etl.cli_pii import reveal, rotate_key
+from fetch_etl.cli_pii import DATABASE_URL, reveal, rotate_key
 from fetch_etl.local_stack import LocalStack, LocalStackError
 from fetch_etl.masking import MaskingKeyError
 from fetch_etl.resources.postgres import PostgresResource, WarehouseError
 from fetch_etl.resources.sqs import QueueError, SqsResource
+from fetch_etl.schema import migrate as migrate_schema
 from fetch_etl.synthetic import generate_bodies
 
 log = logging.getLogger("fetch_etl")
@@ -299,6 +300,27 @@ def redrive(dry_run: bool, reasons: tuple[str, ...], limit: int | None) -> None:
     click.echo(result.table())
     if (failure := result.failure()) is not None:
         raise click.ClickException(failure)
+
+
+@main.command()
+@DATABASE_URL
+def migrate(database_url: str) -> None:
+    """Bring the warehouse schema up to date, as the tables' owner, once; prints what it changed.
+
+    Exactly what a run's pre-flight would do, and nothing else, so runs can use a role without DDL rights.
+    """
+    postgres = PostgresResource(database_url=database_url)
+    try:
+        with postgres.connect() as conn:
+            changes = migrate_schema(conn)
+    except WarehouseError as err:
+        raise click.ClickException(str(err)) from None
+    for change in changes:
+        click.echo(f"changed: {change.description}")
+    if changes:
+        click.echo(f"{len(changes)} changes made to {postgres.describe()}; the schema is up to date")
+    else:
+        click.echo(f"the schema of {postgres.describe()} is up to date: nothing to change")
 
 
 main.add_command(reveal)

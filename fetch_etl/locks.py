@@ -111,6 +111,12 @@ def acquire(conn: psycopg.Connection, lock: AdvisoryLock, *, wait_seconds: float
         time.sleep(POLL_SECONDS)
 
 
+def try_acquire(conn: psycopg.Connection, lock: AdvisoryLock) -> bool:
+    """Take a session-level advisory lock if it is free, without waiting."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (int(lock),)).fetchone()
+    return bool(row and row[0])
+
+
 def release(conn: psycopg.Connection, lock: AdvisoryLock) -> None:
     """Release a session-level advisory lock taken with `acquire(..., xact=False)`."""
     conn.execute("SELECT pg_advisory_unlock(%s)", (int(lock),))

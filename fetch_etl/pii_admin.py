@@ -352,7 +352,7 @@ def rotate_key(
     if old.key_id == new.key_id:
         raise PiiAdminError(f"the old and the new key are the same key (id {new.key_id}); nothing to rotate")
     migrate(conn)  # the rejects' token columns may not exist yet
-    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (int(locks.AdvisoryLock.ROTATION),)).fetchone()[0]:
+    if not locks.try_acquire(conn, locks.AdvisoryLock.ROTATION):
         holder = "; ".join(h.describe() for h in locks.holders(conn, locks.AdvisoryLock.ROTATION))
         raise PiiAdminError(f"another rotate-key is running on this database ({holder}); wait for it to finish")
     result = RotationResult(old.key_id, new.key_id)

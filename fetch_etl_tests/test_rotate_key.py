@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from fetch_etl import pii_admin
 from fetch_etl.cli import main
+from fetch_etl.locks import AdvisoryLock
 from fetch_etl.masking import HmacMasker, PiiField, SivMasker, TokenError
 from fetch_etl.resources.postgres import PostgresResource
 from fetch_etl.warehouse import migrate
@@ -209,7 +210,7 @@ def test_same_key_and_concurrent_runs_are_refused(database_url: str) -> None:
         with pytest.raises(pii_admin.PiiAdminError, match="same key"):
             pii_admin.rotate_key(conn, OLD, SivMasker(bytes(OLD_KEY)))
         with psycopg.connect(database_url, autocommit=True) as other:
-            other.execute("SELECT pg_advisory_lock(%s)", (pii_admin._ROTATION_LOCK,))
+            other.execute("SELECT pg_advisory_lock(%s)", (int(AdvisoryLock.ROTATION),))
             with pytest.raises(pii_admin.PiiAdminError, match="another rotate-key is running"):
                 pii_admin.rotate_key(conn, OLD, NEW)
         assert pii_admin.rotate_key(conn, OLD, NEW).rekeyed["user_logins"] == 3
