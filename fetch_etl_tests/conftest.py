@@ -19,6 +19,7 @@ import pytest
 from fetch_etl.local_servers import EmbeddedPostgres, MotoSqsServer, create_database, drop_database
 from fetch_etl.local_stack import AWS_REGION, QueueUrls, create_queue_pair, make_sqs_client
 from fetch_etl_tests.legacy_sqs import LegacySqsDouble
+from fetch_etl_tests.localstack_legacy import BUILD_COMMAND, ENV_VAR, LegacyLocalStack, configured_binary, query_client
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +94,29 @@ def legacy_sqs(sqs_endpoint: str) -> Iterator[LegacySqsDouble]:
     """The old-LocalStack double (HTTP 500 to JSON, query proxied to moto); a new port per test."""
     with LegacySqsDouble(sqs_endpoint) as double:
         yield double
+
+
+@pytest.fixture(scope="session")
+def localstack_legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LegacyLocalStack]:
+    """The reference image's LocalStack 1.0.4 in host mode on 127.0.0.1; in CI a missing build fails, else skips."""
+    binary = configured_binary()
+    if binary is None:
+        reason = f"LocalStack 1.0.4 is not built: run `{BUILD_COMMAND}` (or export {ENV_VAR}=<its bin/localstack>)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; .ci/run builds it and exports {ENV_VAR}")
+        pytest.skip(reason)
+    with LegacyLocalStack(binary, tmp_path_factory.mktemp("localstack-1.0.4")) as server:
+        yield server
+
+
+@pytest.fixture
+def legacy_queue_urls(localstack_legacy: LegacyLocalStack) -> Iterator[QueueUrls]:
+    """A unique queue pair on LocalStack 1.0.4 (made over query, all it speaks), deleted afterwards."""
+    client = query_client(localstack_legacy.endpoint)
+    urls = create_queue_pair(client, f"q-{uuid4().hex[:12]}")
+    yield urls
+    for url in urls:
+        client.delete_queue(QueueUrl=url)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -1,9 +1,12 @@
-"""A test double of the reference image's 2022 LocalStack: moto behind a layer that rejects SQS's JSON protocol.
+"""A small HTTP proxy in front of a real SQS server, for what the real servers cannot be made to do.
 
-Query-protocol requests (form-encoded POST) go through to moto unchanged; any JSON-protocol request
-(`X-Amz-Target` header or an `application/x-amz-json-1.0` body) gets HTTP 500, as that LocalStack answers.
-A few knobs make the next query answers fail on purpose (a status, or a body that is not XML) to test
-retries and parsing. It binds to 127.0.0.1 only and is stopped by `stop()`.
+In front of moto (`reject_json=True`, the default) it is a double of the reference image's 2022 LocalStack:
+any JSON-protocol request (`X-Amz-Target` header or an `application/x-amz-json-1.0` body) gets HTTP 500 with
+Werkzeug's HTML error page, while query-protocol requests (form-encoded POST) go through unchanged. In front
+of the real LocalStack 1.0.4 (`reject_json=False`) everything goes through and the server refuses JSON itself.
+Either way it counts what it saw, keeps the last Authorization header, and `fail_next` makes the next query
+answers fail on purpose (a status, a throttling error, a body that is not XML): faults neither server
+produces on demand. It binds to 127.0.0.1 only and is stopped by `stop()`.
 """
 
 from __future__ import annotations
@@ -37,14 +40,16 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class LegacySqsDouble:
-    """HTTP 500 for JSON-protocol requests, everything else proxied to moto; counts what it saw."""
+    """Proxies to `upstream`; HTTP 500 for JSON-protocol requests when `reject_json`; counts what it saw."""
 
-    def __init__(self, moto_endpoint: str) -> None:
-        parts = urlsplit(moto_endpoint)
-        self._moto = (parts.hostname or "127.0.0.1", parts.port or 80)
+    def __init__(self, upstream: str, *, reject_json: bool = True) -> None:
+        parts = urlsplit(upstream)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._reject_json = reject_json
         self._lock = threading.Lock()
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self.json_requests = 0
         self.json_rejected = 0
         self.query_proxied = 0
         self.query_actions: list[str] = []
@@ -56,12 +61,12 @@ class LegacySqsDouble:
         assert self._server is not None, "start() first"
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def queue_url(self, moto_queue_url: str) -> str:
-        """The same queue addressed through this double (as LocalStack's own URLs would be)."""
-        return self.endpoint + urlsplit(moto_queue_url).path
+    def queue_url(self, upstream_queue_url: str) -> str:
+        """The same queue addressed through this proxy (as LocalStack's own URLs would be)."""
+        return self.endpoint + urlsplit(upstream_queue_url).path
 
     def fail_next(self, count: int, status: int = 503, body: bytes = b"", content_type: str = "text/plain") -> None:
-        """The next `count` query requests get this answer instead of moto's."""
+        """The next `count` query requests get this answer instead of the server's."""
         with self._lock:
             self._planned_failures += [(status, body, content_type)] * count
 
@@ -91,7 +96,10 @@ class LegacySqsDouble:
         content_type = environ.get("CONTENT_TYPE", "")
         if environ.get("HTTP_X_AMZ_TARGET") or content_type.startswith("application/x-amz-json"):
             with self._lock:
-                self.json_rejected += 1
+                self.json_requests += 1
+                self.json_rejected += self._reject_json
+            if not self._reject_json:
+                return self._proxy(environ, body, start_response)
             start_response("500 INTERNAL SERVER ERROR", [("Content-Type", "text/html; charset=utf-8")])
             return [ERROR_500]
         with self._lock:
@@ -114,7 +122,7 @@ class LegacySqsDouble:
             headers["Content-Type"] = environ["CONTENT_TYPE"]
         headers["Host"] = environ.get("HTTP_HOST", "")  # moto builds queue URLs from it: they point back here
         path = environ.get("PATH_INFO", "/") + (f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else "")
-        conn = http.client.HTTPConnection(*self._moto, timeout=60)
+        conn = http.client.HTTPConnection(*self._upstream, timeout=60)
         try:
             conn.request(environ["REQUEST_METHOD"], path, body=body, headers=headers)
             response = conn.getresponse()

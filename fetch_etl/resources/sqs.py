@@ -5,7 +5,7 @@ dagster-aws ships no SQS resource. Every failure to reach the queue surfaces as 
 sentence naming the endpoint and queue, never a botocore traceback.
 
 Two wire formats under one interface (`SQS_PROTOCOL`): boto3's JSON protocol, or the older query
-protocol (`sqs_query.QuerySqsClient`) that the 2022 LocalStack in Fetch's reference image still needs.
+protocol that the 2022 LocalStack in Fetch's reference image still needs (botocore's own, see sqs_query).
 `auto` speaks JSON until an endpoint answers the way that LocalStack does, then query for the rest of
 the process.
 """
@@ -195,7 +195,7 @@ class SqsResource(ResourceWithBoto3Configuration):
     def client(self) -> Any:
         """A thread-safe SQS client with boto3's method names and answers, built once per resource instance.
 
-        boto3's own client (json), a QuerySqsClient (query) or an AutoProtocolClient choosing between them.
+        boto3's JSON client (json), boto3's query client (query) or an AutoProtocolClient choosing between them.
         """
         if self._client is None:
             self._client = self._make_client()

@@ -1,9 +1,10 @@
-"""The SQS client behind `SqsResource.client()`: boto3's (JSON), QuerySqsClient (query), or `auto`.
+"""The SQS client behind `SqsResource.client()`: boto3's over JSON, boto3's over query (sqs_query), or `auto`.
 
 `auto` speaks JSON until an endpoint answers like the 2022 LocalStack in Fetch's reference image, which
 answers JSON-protocol requests with HTTP 500 (current boto3 speaks nothing else). The choice is remembered
 per endpoint for the rest of the process, so the sensor's ticks and every step of a run pay for the
-discovery at most once. Both clients get the same endpoint, region, credentials, retries and timeouts.
+discovery at most once. Both are boto3 clients built by one function from the same settings (endpoint,
+region, credentials, retries, timeouts); only their session's SQS model differs.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from fetch_etl.resources.sqs_query import QuerySqsClient
+from fetch_etl.resources.sqs_query import check_query_client, query_session
 
 if TYPE_CHECKING:
     from fetch_etl.resources.sqs import SqsResource
@@ -55,25 +55,25 @@ def legacy_signature(response: dict[str, Any]) -> str | None:
 
 
 class AutoProtocolClient:
-    """boto3's SQS client until the endpoint proves it speaks only query; then QuerySqsClient, process-wide.
+    """boto3's JSON client until the endpoint proves it speaks only query; then the query client, process-wide.
 
     The first answer decides: a JSON answer settles on JSON; HTTP 500 (or an XML/HTML answer) to a JSON
     request settles on query, logs one line and repeats that call over query. Connection failures
     decide nothing. Query works on AWS and every LocalStack, so a false alarm costs nothing but the line.
     """
 
-    def __init__(self, endpoint_key: str, json_client: Any, make_query_client: Callable[[], QuerySqsClient]) -> None:
+    def __init__(self, endpoint_key: str, json_client: Any, make_query_client: Callable[[], Any]) -> None:
         self.endpoint_key = endpoint_key
         self._json = json_client
         self._make_query_client = make_query_client
-        self._query: QuerySqsClient | None = None
+        self._query: Any = None
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):
             raise AttributeError(name)
         return lambda **kwargs: self._dispatch(name, kwargs)
 
-    def _query_client(self) -> QuerySqsClient:
+    def _query_client(self) -> Any:
         with _protocol_lock:
             if self._query is None:
                 self._query = self._make_query_client()
@@ -111,7 +111,7 @@ class AutoProtocolClient:
 
 
 def make_client(settings: SqsResource, protocol: str, endpoint_key: str, region: str) -> Any:
-    """The client for `protocol` (already validated): boto3's, QuerySqsClient, or AutoProtocolClient."""
+    """The client for `protocol` (already validated): boto3's JSON or query client, or AutoProtocolClient."""
     if protocol == "json":
         return _json_client(settings, region)
     if protocol == "query":
@@ -139,7 +139,15 @@ def _credentials(settings: SqsResource, session: boto3.session.Session) -> dict[
 
 
 def _json_client(settings: SqsResource, region: str) -> Any:
-    session = boto3.session.Session(profile_name=settings.profile_name)
+    return _client(settings, region, boto3.session.Session(profile_name=settings.profile_name))
+
+
+def _query_client(settings: SqsResource, region: str) -> Any:
+    return check_query_client(_client(settings, region, query_session(settings.profile_name)))
+
+
+def _client(settings: SqsResource, region: str, session: boto3.session.Session) -> Any:
+    """One SQS client from the resource's settings; the session decides the wire protocol."""
     config = Config(
         retries={"max_attempts": settings.max_attempts, "mode": "standard"},
         max_pool_connections=pool_size(settings),
@@ -154,28 +162,4 @@ def _json_client(settings: SqsResource, region: str) -> Any:
         verify=settings.verify,
         config=config,
         **_credentials(settings, session),
-    )
-
-
-def _query_client(settings: SqsResource, region: str) -> QuerySqsClient:
-    """Credentials from the same boto3 session (explicit keys, profile or chain); botocore's retry mode."""
-    session = boto3.session.Session(profile_name=settings.profile_name)
-    explicit = _credentials(settings, session)
-    credentials: Credentials | None
-    if "aws_access_key_id" in explicit and "aws_secret_access_key" in explicit:
-        credentials = Credentials(
-            explicit["aws_access_key_id"], explicit["aws_secret_access_key"], explicit.get("aws_session_token")
-        )
-    else:
-        credentials = session.get_credentials()
-    scheme = "https" if settings.use_ssl is not False else "http"
-    return QuerySqsClient(
-        endpoint_url=settings.effective_endpoint() or f"{scheme}://sqs.{region}.amazonaws.com",
-        region_name=region,
-        credentials=credentials,
-        verify=settings.verify,
-        connect_timeout=5,
-        read_timeout=max(30, settings.wait_time_seconds + 10),
-        max_attempts=settings.max_attempts,
-        max_pool_connections=pool_size(settings),
     )
