@@ -54,10 +54,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from xml.sax.saxutils import escape
 
-from fetch_etl.resources.sqs_query import JSON_ERROR_NAMES
+from fetch_etl.resources.sqs_query import query_session
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
-QUERY_CODES = {json_name: query for query, json_name in JSON_ERROR_NAMES.items()}
+
+
+def _query_codes() -> dict[str, str]:
+    """JSON error name -> query error code, from the vendored query model's error shapes (SQS's own mapping)."""
+    model = query_session().client("sqs", region_name="us-east-1").meta.service_model  # no request is made
+    return {shape.name: shape.metadata.get("error", {}).get("code") or shape.name for shape in model.error_shapes}
+
+
+QUERY_CODES = _query_codes()
 XMLNS = "http://queue.amazonaws.com/doc/2012-11-05/"
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
 
