@@ -38,10 +38,13 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {name: description for name, _, descriptio
 # The masked_logins DataFrame: LOGIN_COLUMNS plus the per-message verdict.
 BATCH_COLUMN_DESCRIPTIONS: dict[str, str] = {
     **{name: COLUMN_DESCRIPTIONS[name] for name in LOGIN_COLUMNS},
-    "status": "loadable or rejected.",
+    "status": "loadable or rejected (evaluated now), or already_loaded, already_dead_lettered or "
+    "awaiting_dead_letter (decided by what is stored).",
     "reason_code": "Why a message was rejected (e.g. invalid_json); NULL when loadable.",
     "reason": "A readable sentence saying why; never quotes a field value.",
     "received_at": "When this run received the batch.",
+    "sent_at": "SQS's SentTimestamp of the original message (kept by dead letters and redrives).",
+    "redriven_at": "When `fetch-etl redrive` sent this copy; NULL for a plain message.",
 }
 
 TABLE_PREVIEW_COLUMNS: tuple[str, ...] = (
