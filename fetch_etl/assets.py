@@ -28,7 +28,14 @@ from fetch_etl.asset_metadata import (
 )
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
 from fetch_etl.resources.sqs import QueueMessage
-from fetch_etl.warehouse import check_mask_key, load_batch, migrate, stored_outcomes, table_row_count
+from fetch_etl.warehouse import (
+    check_mask_key,
+    load_batch,
+    migrate,
+    stored_outcomes,
+    table_row_count,
+    varchar_counts_bytes,
+)
 
 GROUP = "logins"
 PREVIEW_COLUMNS = ("user_id", "device_type", "masked_ip", "masked_device_id", "locale", "app_version")
@@ -113,7 +120,14 @@ def masked_logins(
     masker = pii_masking.masker()
     with postgres.connect() as conn:
         stored = stored_outcomes(conn, [m.key for m in raw_login_messages])
-    frame = batch.mask_messages(raw_login_messages, masker, max_receive_count=sqs.max_receive_count, stored=stored)
+        limits_in_bytes = varchar_counts_bytes(conn)
+    frame = batch.mask_messages(
+        raw_login_messages,
+        masker,
+        max_receive_count=sqs.max_receive_count,
+        stored=stored,
+        limits_in_bytes=limits_in_bytes,
+    )
     summary = batch.stats(frame)
     context.log.info(
         f"{summary.loadable} loadable, {summary.rejected} rejected {summary.rejected_by_reason}, "

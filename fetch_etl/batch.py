@@ -88,11 +88,13 @@ def mask_messages(
     now: datetime | None = None,
     max_receive_count: int | None = None,
     stored: Mapping[str, StoredOutcome] | None = None,
+    limits_in_bytes: bool = False,
 ) -> pd.DataFrame:
     """Decide, parse, validate and mask every message into one frame (see BATCH_COLUMNS).
 
     Messages whose key has a stored outcome (`stored`) get that outcome's status and are not parsed.
     Of the others, those received more than `max_receive_count` times are rejected as poison unparsed.
+    `limits_in_bytes`: the warehouse's varchar limits count bytes (see `records.parse_login`).
     """
     received_at = now or datetime.now(UTC)
     stored = stored or {}
@@ -101,7 +103,7 @@ def mask_messages(
     parsed: list[LoginEvent | Rejection] = [
         poison(m.receive_count, max_receive_count)
         if max_receive_count is not None and m.receive_count > max_receive_count
-        else parse_login(m.body)
+        else parse_login(m.body, limits_in_bytes=limits_in_bytes)
         for m in fresh
     ]
     valid = [(m, p) for m, p in zip(fresh, parsed, strict=True) if isinstance(p, LoginEvent)]

@@ -84,8 +84,13 @@ def _text_problem(value: str) -> str | None:
     return None
 
 
-def parse_login(body: str) -> LoginEvent | Rejection:
-    """Validate one message body against the login contract; never raises."""
+def parse_login(body: str, *, limits_in_bytes: bool = False) -> LoginEvent | Rejection:
+    """Validate one message body against the login contract; never raises.
+
+    `limits_in_bytes`: the varchar limits count UTF-8 bytes, as they do on a SQL_ASCII warehouse (there
+    `varchar(n)` holds n bytes), so a value that would not fit is rejected instead of failing the load.
+    """
+    size, unit = (_utf8_length, "bytes in UTF-8") if limits_in_bytes else (len, "characters")
     try:
         data = json.loads(body, object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey:  # the key itself is not quoted: a producer may key a map by IP
@@ -109,8 +114,8 @@ def parse_login(body: str) -> LoginEvent | Rejection:
         if problem := _text_problem(value):
             return Rejection(f"invalid_{key}", f"field {key!r} {problem}")
         limit = _LIMITS.get(key)
-        if limit is not None and len(value) > limit:
-            return Rejection(f"too_long_{key}", f"field {key!r} is longer than {limit} characters")
+        if limit is not None and size(value) > limit:
+            return Rejection(f"too_long_{key}", f"field {key!r} is longer than {limit} {unit}")
         if _too_many_bytes(key, value):
             return Rejection(f"too_long_{key}", f"field {key!r} is longer than {_BYTE_LIMITS[key]} bytes in UTF-8")
         fields[key] = value
@@ -121,8 +126,8 @@ def parse_login(body: str) -> LoginEvent | Rejection:
             return Rejection("invalid_locale", f"field 'locale' must be a string, got {_json_type(locale)}")
         if problem := _text_problem(locale):
             return Rejection("invalid_locale", f"field 'locale' {problem}")
-        if len(locale) > LOCALE_MAX:
-            return Rejection("too_long_locale", f"field 'locale' is longer than {LOCALE_MAX} characters")
+        if size(locale) > LOCALE_MAX:
+            return Rejection("too_long_locale", f"field 'locale' is longer than {LOCALE_MAX} {unit}")
 
     raw_version = fields["app_version"]
     version = encode_app_version(raw_version) if len(raw_version) <= APP_VERSION_RAW_MAX else None
@@ -137,6 +142,10 @@ def parse_login(body: str) -> LoginEvent | Rejection:
         app_version=version,
         app_version_raw=raw_version,
     )
+
+
+def _utf8_length(value: str) -> int:
+    return len(value.encode("utf-8"))
 
 
 def _too_many_bytes(key: str, value: str) -> bool:

@@ -184,6 +184,12 @@ def _mark_redriven(cur: psycopg.Cursor[Any], logins: pd.DataFrame) -> None:
     )
 
 
+def varchar_counts_bytes(conn: psycopg.Connection) -> bool:
+    """True on a SQL_ASCII server, where varchar(n) limits bytes rather than characters."""
+    row = conn.execute("SHOW server_encoding").fetchone()
+    return bool(row) and str(row[0]).upper() == "SQL_ASCII"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredOutcome:
     """What is already stored for a message key: the one source of truth for deciding what to do with it."""

@@ -114,11 +114,6 @@ def test_a_redelivery_is_recognised_from_what_is_stored_and_acknowledged(
     assert _read(encoded_database_url, "SELECT count(*) FROM user_logins WHERE user_id = %s", (EMOJI_USER,)) == [(1,)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="records.py counts characters, a SQL_ASCII varchar(n) counts bytes: the COPY fails the whole run "
-    "(left for the owner of records.py; see the issue-12 note)",
-)
 def test_a_value_within_the_character_limit_but_not_the_byte_limit_does_not_fail_the_run(
     sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls, postgres_server_url: str
 ) -> None:
@@ -128,6 +123,7 @@ def test_a_value_within_the_character_limit_but_not_the_byte_limit_does_not_fail
         send(sqs_client, queue_urls.queue_url, [login_body(locale="🇩🇪" * 8)])  # 16 characters, 64 bytes
         result = run_pipeline(resources(sqs_endpoint, queue_urls, url), raise_on_error=False)
         assert result.success, "loaded, or rejected with a reason: never a failed run"
+        assert metadata(result)["rejected_by_reason"] == {"too_long_locale": 1}, "varchar(32) holds 32 bytes there"
         assert queue_counts(sqs_client, queue_urls.queue_url) == (0, 0)
     finally:
         drop_database(postgres_server_url, name)
