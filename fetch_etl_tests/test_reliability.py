@@ -22,6 +22,7 @@ from fetch_etl_tests.helpers import (
     sqs_resource,
 )
 from fetch_etl_tests.legacy_sqs import LegacySqsDouble
+from fetch_etl_tests.sqs_fault_proxy import SqsFaultProxy
 from fetch_etl_tests.test_faults import assert_exactly_once, seed_batch
 
 KEY_A, KEY_B = "0a" * 32, "0b" * 32
@@ -126,6 +127,26 @@ def test_throttling_and_5xx_answers_are_retried(
     queues = QueueUrls(legacy_sqs.queue_url(queue_urls.queue_url), legacy_sqs.queue_url(queue_urls.dlq_url))
     sqs = sqs_resource(legacy_sqs.endpoint, queues, protocol="query", max_attempts=5)
     meta = metadata(run_pipeline(resources(legacy_sqs.endpoint, queues, database_url, sqs=sqs)))
+    assert meta["loaded"] == 10
+    assert_exactly_once(sqs_client, queue_urls, database_url, valid, rejected)
+
+
+def test_throttling_and_5xx_answers_are_retried_on_the_json_protocol(
+    sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls, database_url: str
+) -> None:
+    valid, rejected = seed_batch(sqs_client, queue_urls.queue_url, valid=10)
+    with SqsFaultProxy(sqs_endpoint) as proxy:
+        faults = [
+            proxy.fail_call(None, status=503, code=None, times=2),  # a bare 503, as a load balancer sends it
+            proxy.fail_call(None, status=400, code="ThrottlingException", message="Rate exceeded", times=1),
+            proxy.fail_call(None, status=500, code="InternalError", times=1),
+        ]
+        queues = QueueUrls(proxy.queue_url(queue_urls.queue_url), proxy.queue_url(queue_urls.dlq_url))
+        # One receiver: the four faults meet one call in a row, which only its fifth attempt gets through.
+        sqs = sqs_resource(proxy.endpoint, queues, protocol="json", max_attempts=5, receive_threads=1)
+        meta = metadata(run_pipeline(resources(proxy.endpoint, queues, database_url, sqs=sqs)))
+    assert [fault.hits for fault in faults] == [2, 1, 1], "every fault was answered, and retried past"
+    assert sqs.wire_protocol() == "json"
     assert meta["loaded"] == 10
     assert_exactly_once(sqs_client, queue_urls, database_url, valid, rejected)
 
