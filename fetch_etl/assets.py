@@ -27,7 +27,7 @@ from fetch_etl.asset_metadata import (
     user_logins_schema,
 )
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
-from fetch_etl.resources.sqs import QueueMessage
+from fetch_etl.resources.sqs import QueueMessage, body_bytes
 from fetch_etl.warehouse import (
     check_mask_key,
     load_batch,
@@ -91,6 +91,8 @@ def raw_login_messages(
         metadata={
             "received": len(messages),
             "redelivered": sum(m.receive_count > 1 for m in messages),
+            "received_bytes": sum(body_bytes(m) for m in messages),
+            "receive_stopped_by": sqs.last_receive_stop,
             "dagster/row_count": len(messages),
             **_timing(len(messages), started),
         },

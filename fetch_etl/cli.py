@@ -1,7 +1,7 @@
 """`fetch-etl`: the local stack (demo, dev) and the synthetic traffic seeder.
 
-Dagster is imported lazily, after the local stack has put its addresses in the environment, because
-`fetch_etl.definitions` reads the environment when it is imported.
+Dagster is imported lazily: it is slow to import, and only the commands that run the pipeline need it. Every
+command that talks to SQS builds its client from the pipeline's own environment map (resources/env.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tabulate import tabulate
 from fetch_etl.cli_pii import DATABASE_URL, reveal, rotate_key
 from fetch_etl.local_stack import LocalStack, LocalStackError
 from fetch_etl.masking import MaskingKeyError
+from fetch_etl.resources.env import sqs_from_env
 from fetch_etl.resources.postgres import PostgresResource, WarehouseError
 from fetch_etl.resources.sqs import QueueError, SqsResource
 from fetch_etl.schema import migrate as migrate_schema
@@ -77,7 +78,7 @@ def seed(queue_url: str, count: int | None, file: Path | None, seed: int | None,
     else:
         bodies = generate_bodies(count or 0, seed=seed, malformed_rate=malformed_rate)
     try:
-        sent = seed_queue(SqsResource(queue_url=queue_url), bodies)
+        sent = seed_queue(sqs_from_env(os.environ, queue_url=queue_url), bodies)
     except QueueError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"sent {sent} messages to {queue_url}")
@@ -138,7 +139,7 @@ def print_summary(metadata: dict[str, dict[str, Any]], stack: LocalStack) -> Non
         ("messages/s (load step)", f"{load.get('messages_per_second', 0):,.0f}"),
     ]
     rows += list(_warehouse_summary(stack.database_url).items())
-    sqs = SqsResource(queue_url=stack.queue_url)
+    sqs = sqs_from_env(os.environ, queue_url=stack.queue_url)
     rows += [
         ("left in login-queue", sqs.depth().visible),
         ("messages in the dead-letter queue", sqs.depth(stack.dlq_url).visible),
@@ -173,7 +174,9 @@ def demo(messages: int, seed_value: int | None, state_dir: Path) -> None:
     """Start real local Postgres and SQS, seed synthetic logins, materialize once, print a summary."""
     try:
         with _local_stack(state_dir) as stack:
-            sent = seed_queue(SqsResource(queue_url=stack.queue_url), generate_bodies(messages, seed=seed_value))
+            sent = seed_queue(
+                sqs_from_env(os.environ, queue_url=stack.queue_url), generate_bodies(messages, seed=seed_value)
+            )
             log.info("seeded %d synthetic logins into %s", sent, stack.queue_url)
             metadata = materialize_once()
             print_summary(metadata, stack)
@@ -183,7 +186,7 @@ def demo(messages: int, seed_value: int | None, state_dir: Path) -> None:
 
 def _produce(queue_url: str, rate: float, stop: threading.Event) -> None:
     """Keep sending synthetic logins at about `rate` per second, so the sensor keeps firing."""
-    sqs = SqsResource(queue_url=queue_url)
+    sqs = sqs_from_env(os.environ, queue_url=queue_url)
     batch = max(1, min(100, int(rate)))
     while not stop.wait(batch / rate):
         try:
@@ -228,7 +231,7 @@ def dev(produce_rate: float, messages: int, port: int, state_dir: Path) -> None:
     try:
         with _local_stack(state_dir) as stack:
             if messages:
-                seed_queue(SqsResource(queue_url=stack.queue_url), generate_bodies(messages))
+                seed_queue(sqs_from_env(os.environ, queue_url=stack.queue_url), generate_bodies(messages))
             if produce_rate > 0:
                 threading.Thread(target=_produce, args=(stack.queue_url, produce_rate, stop), daemon=True).start()
             workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"

@@ -17,8 +17,9 @@ from tabulate import tabulate
 
 from fetch_etl import health
 from fetch_etl.local_servers import LocalStackError
-from fetch_etl.resources.postgres import DEFAULT_DATABASE_URL, PostgresResource, WarehouseError
-from fetch_etl.resources.sqs import DEFAULT_QUEUE_URL, QueueDepth, QueueError, SqsResource
+from fetch_etl.resources.env import postgres_from_env, sqs_from_env
+from fetch_etl.resources.postgres import PostgresResource, WarehouseError
+from fetch_etl.resources.sqs import QueueDepth, QueueError, SqsResource
 
 SENSOR_NAME = "login_queue_sensor"
 # dagster-daemon writes a heartbeat every 30 s; four missed ones mean no daemon is ticking sensors.
@@ -240,22 +241,8 @@ def render(report: StatusReport) -> str:
 
 
 def resources_from_env(environ: Mapping[str, str]) -> tuple[SqsResource, PostgresResource]:
-    """The pipeline's own settings (see definitions.py), with short timeouts: a status call must be quick."""
-    settings: dict[str, object] = {
-        "queue_url": environ.get("SQS_QUEUE_URL") or DEFAULT_QUEUE_URL,
-        "dlq_url": environ.get("SQS_DLQ_URL") or None,
-        "region_name": environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        "endpoint_url": environ.get("AWS_ENDPOINT_URL") or None,
-        "aws_access_key_id": environ.get("AWS_ACCESS_KEY_ID") or None,
-        "aws_secret_access_key": environ.get("AWS_SECRET_ACCESS_KEY") or None,
-        "max_attempts": 2,
-    }
-    if environ.get("SQS_MAX_RECEIVE_COUNT"):
-        settings["max_receive_count"] = int(environ["SQS_MAX_RECEIVE_COUNT"])
-    if environ.get("SQS_PROTOCOL") and "protocol" in SqsResource.model_fields:
-        settings["protocol"] = environ["SQS_PROTOCOL"]
-    postgres = PostgresResource(database_url=environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL, connect_timeout=5)
-    return SqsResource(**settings), postgres  # type: ignore[arg-type]
+    """The pipeline's own settings (resources/env.py), with short timeouts: a status call must be quick."""
+    return sqs_from_env(environ, max_attempts=2), postgres_from_env(environ, connect_timeout=5)
 
 
 def gather_queues(sqs: SqsResource) -> tuple[QueueReport, QueueReport]:

@@ -1,23 +1,29 @@
-"""Run one ingest in this process and SIGKILL it at a chosen stage boundary (for the fault tests).
+"""Run one ingest in this process and SIGKILL it at a chosen point (for the fault tests).
 
-    python -m fetch_etl_tests.fault_runner after_receive|after_mask|after_commit|mid_delete|after_dead_letter
+    python -m fetch_etl_tests.fault_runner after_receive|after_mask|mid_load|after_commit|mid_delete|after_dead_letter
 
 The pipeline reads its settings from the environment, exactly as `dagster asset materialize` does. The
-kill is a real SIGKILL of this process: no exception handler, finally block or atexit hook runs.
+kill is a real SIGKILL of this process: no exception handler, finally block or atexit hook runs. Just
+before dying the runner writes what it saw at the kill point to FAULT_EVIDENCE (JSON), so the test can
+prove where the kill landed: rows inside the still-open load transaction, deletes that went through.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-KILL_POINTS = ("after_receive", "after_mask", "after_commit", "mid_delete", "after_dead_letter")
+KILL_POINTS = ("after_receive", "after_mask", "mid_load", "after_commit", "mid_delete", "after_dead_letter")
 
 
-def _die() -> None:
+def _die(**evidence: Any) -> None:
+    if path := os.environ.get("FAULT_EVIDENCE"):
+        Path(path).write_text(json.dumps(evidence))
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -30,25 +36,34 @@ def _then_die(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def install(point: str) -> None:
-    """Patch the pipeline so the process dies right after `point`."""
-    from fetch_etl import assets, batch
+    """Patch the pipeline so the process dies right after (or, for mid_*, inside) `point`."""
+    from fetch_etl import ack, assets, batch, warehouse
     from fetch_etl.resources.sqs import QueueMessage, SqsResource
 
     if point == "after_receive":
         SqsResource.receive = _then_die(SqsResource.receive)  # type: ignore[method-assign]
     elif point == "after_mask":
         batch.mask_messages = _then_die(batch.mask_messages)
+    elif point == "mid_load":
+        original_insert = warehouse._insert_logins
+
+        def insert_then_die(cur: Any, *args: Any, **kwargs: Any) -> Any:
+            inserted, _path = original_insert(cur, *args, **kwargs)
+            (in_transaction,) = cur.execute("SELECT count(*) FROM user_logins").fetchone()
+            _die(inserted=inserted, rows_in_open_transaction=in_transaction)  # the COPY done, no COMMIT yet
+
+        warehouse._insert_logins = insert_then_die
     elif point == "after_commit":
         assets.load_batch = _then_die(assets.load_batch)  # committed, nothing forwarded or deleted
     elif point == "after_dead_letter":
-        assets.mark_dead_lettered = _then_die(assets.mark_dead_lettered)  # forwarded and recorded, none deleted
+        ack.forward_dead_letters = _then_die(ack.forward_dead_letters)  # forwarded and recorded, none deleted
     elif point == "mid_delete":
         original_delete = SqsResource.delete
 
         def delete_half(self: SqsResource, messages: Sequence[QueueMessage]) -> list[str]:
-            original_delete(self, messages[: len(messages) // 2])
-            _die()
-            return []
+            half = messages[: len(messages) // 2]
+            failed = original_delete(self, half)
+            _die(deleted=len(half) - len(failed), held=len(messages))
 
         SqsResource.delete = delete_half  # type: ignore[method-assign]
     else:

@@ -136,11 +136,20 @@ def login_body(**fields: Any) -> str:
     return json.dumps(body)
 
 
+# Sockets bound (never listening) for closed_port(), kept for the whole session.
+_HELD_PORTS: list[socket.socket] = []
+
+
 def closed_port() -> int:
-    """A port nothing listens on: bound once by the kernel, then released."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A 127.0.0.1 port nothing listens on, for as long as the tests run: connecting to it is refused.
+
+    The port stays bound by this process without listening, so no other program can take it between the
+    choice and the test's connection attempt (a port released right away could be reused at once).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    _HELD_PORTS.append(sock)
+    return int(sock.getsockname()[1])
 
 
 # Settings the pipeline reads from the environment: a subprocess gets each one a test states, none leaks in.

@@ -9,8 +9,10 @@ and the daemon's heartbeats are recorded in the Postgres-backed instance.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_TAGS
-from fetch_etl.local_servers import _free_port, create_database, drop_database
+from fetch_etl.local_servers import create_database, drop_database
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl_tests.deploy_env import ROOT, dagster_home, dagster_pg_env
@@ -95,9 +97,13 @@ def test_daemon_launches_a_sensor_run_through_the_queue_and_records_it_in_postgr
     instance_env |= dagster_pg_env(database_url)
     key_file = tmp_path / "pii_masking_key"  # as the Compose secret would be mounted
     key_file.write_text(TEST_KEY_HEX + "\n")
-    port = _free_port()
+    # The code server listens on a Unix socket of this test's own instead of a TCP port picked in advance:
+    # no other process can take it between the choice and the bind. (Short path: sockets allow 107 bytes.)
+    socket_path = Path(tempfile.mkdtemp(prefix="fetch-etl-grpc-")) / "grpc.sock"
     workspace = yaml.safe_load((ROOT / "deploy" / "workspace.yaml").read_text())
-    workspace["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=port)
+    server = workspace["load_from"][0]["grpc_server"]
+    server.pop("port")
+    server.update(host="localhost", socket=str(socket_path))
     (tmp_path / "workspace.yaml").write_text(yaml.safe_dump(workspace))
 
     code_env = pipeline_env(
@@ -113,11 +119,11 @@ def test_daemon_launches_a_sensor_run_through_the_queue_and_records_it_in_postgr
     try:
         processes.start(
             "user-code",
-            [str(BIN / "dagster"), "api", "grpc", "-m", "fetch_etl.definitions", "-h", "127.0.0.1", "-p", str(port)],
+            [str(BIN / "dagster"), "api", "grpc", "-m", "fetch_etl.definitions", "-s", str(socket_path)],
             code_env,
             ROOT,
         )
-        wait_for_code_server(port, processes)  # as Compose's service_healthy condition does
+        wait_for_code_server(socket_path, processes)  # as Compose's service_healthy condition does
         processes.start(
             "daemon",
             [str(BIN / "dagster-daemon"), "run", "--workspace", str(tmp_path / "workspace.yaml")],
@@ -139,6 +145,7 @@ def test_daemon_launches_a_sensor_run_through_the_queue_and_records_it_in_postgr
             assert {"SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"} <= heartbeats, heartbeats
     finally:
         processes.stop()
+        shutil.rmtree(socket_path.parent, ignore_errors=True)
 
     loaded = {row[0] for row in fetch_all(warehouse_url, "SELECT message_id FROM user_logins")}
     assert loaded == set(ids[:99])
@@ -148,10 +155,10 @@ def test_daemon_launches_a_sensor_run_through_the_queue_and_records_it_in_postgr
     assert "speaks only the older query protocol" in (tmp_path / "user-code.log").read_text()
 
 
-def wait_for_code_server(port: int, processes: Processes) -> None:
+def wait_for_code_server(socket_path: Path, processes: Processes) -> None:
     """The user-code container's health check, until it passes."""
     deadline = time.monotonic() + 60
-    check = [str(BIN / "dagster"), "api", "grpc-health-check", "--host", "127.0.0.1", "--port", str(port)]
+    check = [str(BIN / "dagster"), "api", "grpc-health-check", "--socket", str(socket_path)]
     while time.monotonic() < deadline:
         if subprocess.run(check, capture_output=True, timeout=30, env=clean_env()).returncode == 0:
             return

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import boto3
 import psutil
@@ -99,15 +100,16 @@ def test_embedded_postgres_start_failure_is_clear_and_leaves_nothing(tmp_path: P
 
 
 def test_create_and_drop_database_even_with_open_connection(postgres_server_url: str) -> None:
-    url = create_database(postgres_server_url, "t_helpers_check")
+    name = f"t_helpers_check_{uuid4().hex[:12]}"  # unique: TEST_DATABASE_URL may be shared by concurrent runs
+    url = create_database(postgres_server_url, name)
     leaked = psycopg.connect(url)
     try:
-        assert leaked.execute("SELECT current_database()").fetchone() == ("t_helpers_check",)
-        drop_database(postgres_server_url, "t_helpers_check")
+        assert leaked.execute("SELECT current_database()").fetchone() == (name,)
+        drop_database(postgres_server_url, name)
     finally:
         leaked.close()
     with psycopg.connect(postgres_server_url) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_database WHERE datname = 't_helpers_check'").fetchone()
+        row = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()
         assert row == (0,)
     with pytest.raises(ValueError):
         create_database(postgres_server_url, "Robert'); DROP TABLE students;--")

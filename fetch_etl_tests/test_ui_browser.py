@@ -92,19 +92,42 @@ def artifacts(tmp_path: Path) -> Path:
     return path
 
 
-def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
+def _listeners(port: int) -> set[int] | None:
+    """PIDs listening on 127.0.0.1:`port`, or None when this user may not see other processes' sockets."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return None
+    return {c.pid for c in connections if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
+
+
+def _own_pids(process: subprocess.Popen[bytes]) -> set[int]:
+    with contextlib.suppress(psutil.Error):
+        return {process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))}
+    return {process.pid}
+
+
+def _wait_until_serving(port: int, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> bool:
+    """True once *our* dagster dev serves on `port`; False when it exited or another process holds the port.
+
+    The port was free when picked, but nothing reserved it: another program may have bound it since, and an
+    answer on it would then not be ours. So the listening socket must belong to our process group.
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"dagster dev exited with {process.returncode}; see {log}")
+            return False
+        owners = _listeners(port)
+        if owners and not owners & _own_pids(process):
+            return False
         with (
             contextlib.suppress(OSError, urllib.error.URLError),
-            urllib.request.urlopen(f"{url}/server_info", timeout=2) as response,
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response,
         ):
-            if response.status == 200:
-                return
+            if response.status == 200 and (owners is None or owners & _own_pids(process)):
+                return True
         time.sleep(0.5)
-    pytest.fail(f"dagster dev did not serve {url} within {timeout_s:.0f}s; see {log}")
+    pytest.fail(f"dagster dev did not serve on port {port} within {timeout_s:.0f}s; see {log}")
 
 
 def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
@@ -131,21 +154,26 @@ def dagster_ui(artifacts: Path) -> Iterator[DagsterUi]:
         stack.start()
         env = {k: v for k, v in os.environ.items() if not k.startswith(PIPELINE_ENV_PREFIXES) and k != "DATABASE_URL"}
         env.update(stack.env(), LOGIN_QUEUE_SENSOR_INTERVAL="600", DAGSTER_DISABLE_TELEMETRY="1")
-        url = f"http://127.0.0.1:{_free_port()}"
         log = artifacts / "dagster-dev.log"
-        command = [BIN / "dagster", "dev", "-w", PROJECT_ROOT / "workspace.yaml", "-h", "127.0.0.1"]
-        command += ["-p", url.rsplit(":", 1)[1]]
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [str(c) for c in command],
-                env=env,
-                cwd=PROJECT_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _wait_until_serving(url, process, log)
+        for _attempt in range(3):  # dagster dev cannot bind port 0 and report it: pick, try, check who got it
+            port = _free_port()
+            command = [BIN / "dagster", "dev", "-w", PROJECT_ROOT / "workspace.yaml", "-h", "127.0.0.1", "-p", port]
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    [str(c) for c in command],
+                    env=env,
+                    cwd=PROJECT_ROOT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            if _wait_until_serving(port, process, log):
+                break
+            _stop_process_group(process)
+        else:
+            pytest.fail(f"dagster dev did not start on a free port in 3 attempts; see {log}")
+        url = f"http://127.0.0.1:{port}"
         yield DagsterUi(url, stack, state_dir, process)
     finally:
         if process is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pandas as pd
@@ -87,6 +88,15 @@ def test_rejects_are_recorded_beside_a_copied_batch_in_the_same_transaction(data
     assert reasons == [("bad", "not_a_login")]
 
 
+def _waiting_on_a_lock(database_url: str) -> bool:
+    """Whether a session of this database is blocked on a lock (another transaction's row)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def test_a_concurrent_load_of_the_same_message_waits_then_merges(database_url: str) -> None:
     """Another run's open transaction holds one of our MessageIds: our COPY waits on the unique index, then merges."""
     ours = _frame(["shared", "mine"])
@@ -104,8 +114,12 @@ def test_a_concurrent_load_of_the_same_message_waits_then_merges(database_url: s
 
         worker = threading.Thread(target=load)
         worker.start()
-        worker.join(timeout=1.0)
-        assert worker.is_alive(), "the COPY must wait for the other transaction, not skip or fail"
+        # Wait for the condition, not for a time: the load's backend waiting on the other transaction's lock.
+        deadline = time.monotonic() + 30
+        while not _waiting_on_a_lock(database_url) and worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _waiting_on_a_lock(database_url), "the COPY must wait for the other transaction, not skip or fail"
+        assert "result" not in outcome
         other.commit()
         worker.join(timeout=30)
     result = outcome["result"]

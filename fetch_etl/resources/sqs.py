@@ -151,6 +151,11 @@ class SqsResource(ResourceWithBoto3Configuration):
         default=900, description="Seconds received messages stay invisible; must cover a run."
     )
     max_messages_per_run: int = Field(default=10_000, description="Upper bound on messages one run takes.")
+    max_bytes_per_run: int = Field(
+        default=256 * 1024 * 1024,
+        description="SQS_MAX_BYTES_PER_RUN: stop receiving once the bodies held reach this many bytes (the calls "
+        "already in flight are kept: at most receive_threads x 10 messages more).",
+    )
     wait_time_seconds: int = Field(
         default=1, description="Long-poll wait; an empty long poll means the queue is drained."
     )
@@ -177,6 +182,7 @@ class SqsResource(ResourceWithBoto3Configuration):
 
     _client: Any = PrivateAttr(default=None)
     _heartbeat: VisibilityHeartbeat | None = PrivateAttr(default=None)
+    _receive_stop: str = PrivateAttr(default="")
 
     # --- connection -------------------------------------------------------------------------
 
@@ -275,10 +281,12 @@ class SqsResource(ResourceWithBoto3Configuration):
         )
 
     def receive(self, limit: int | None = None, progress: Callable[[int], None] | None = None) -> list[QueueMessage]:
-        """Receive up to `limit` messages with `receive_threads` receivers, until an empty long poll.
+        """Receive up to `limit` messages and `max_bytes_per_run` of bodies with `receive_threads` receivers.
 
-        A message received twice in one run (its visibility expired) keeps only its newest receipt
-        handle, so each MessageId is handled once per run. See sqs_receive for the polling policy.
+        Receiving ends at an empty long poll, at either limit, half a visibility timeout after it began (what
+        the heartbeat can keep invisible), or when a held message comes back expired, so a run always ends.
+        A message received twice keeps only its newest receipt handle, so each MessageId is handled once per
+        run. See sqs_receive for the polling policy; `last_receive_stop` says which of these ended it.
         """
         limit = self.max_messages_per_run if limit is None else limit
         client = self.client()  # built once, before the receivers share it
@@ -297,9 +305,24 @@ class SqsResource(ResourceWithBoto3Configuration):
             return [_queue_message(raw) for raw in response.get("Messages", [])]
 
         receiver = ParallelReceiver(
-            fetch, self._hold, limit=limit, threads=self.receive_threads, wait_time_seconds=self.wait_time_seconds
+            fetch,
+            self._hold,
+            limit=limit,
+            threads=self.receive_threads,
+            wait_time_seconds=self.wait_time_seconds,
+            max_bytes=self.max_bytes_per_run,
+            size=body_bytes,
+            max_seconds=self.visibility_timeout / 2,
+            expired_after=self.visibility_timeout / 2,
         )
-        return receiver.run(progress)
+        messages = receiver.run(progress)
+        self._receive_stop = receiver.stop_reason
+        return messages
+
+    @property
+    def last_receive_stop(self) -> str:
+        """Why the last receive() ended: drained, limit, bytes, deadline or redelivered."""
+        return self._receive_stop
 
     # --- holding ----------------------------------------------------------------------------
 
@@ -312,6 +335,7 @@ class SqsResource(ResourceWithBoto3Configuration):
             self._heartbeat = VisibilityHeartbeat(
                 lambda entries: client.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries),
                 self.visibility_timeout,
+                threads=self.receive_threads,  # as wide as the receivers, so a beat keeps up with what they took
             )
         self._heartbeat.hold(messages)
 
@@ -519,6 +543,11 @@ class SqsResource(ResourceWithBoto3Configuration):
 
 
 MAX_MESSAGE_ATTRIBUTES = 10  # SQS's limit per message (send_with_attributes)
+
+
+def body_bytes(message: QueueMessage) -> int:
+    """What a message's body weighs on the wire (UTF-8), as SQS and SQS_MAX_BYTES_PER_RUN count it."""
+    return len(message.body.encode("utf-8", "surrogatepass"))
 
 
 def _queue_message(raw: dict[str, Any]) -> QueueMessage:
