@@ -19,6 +19,7 @@ from typing import Protocol
 
 from tabulate import tabulate
 
+from fetch_etl import health
 from fetch_etl.resources.sqs import (
     MAX_BATCH,
     ORIGINAL_MESSAGE_ID,
@@ -119,8 +120,13 @@ def redriven_attributes(message: QueueMessage, now: datetime) -> dict[str, str]:
 def redrive(
     sqs: SqsResource, reasons: Collection[str] = (), limit: int | None = None, dry_run: bool = False
 ) -> RedriveResult:
-    """Move dead letters of `sqs` (SQS_DLQ_URL or its default) back to its queue; see the module docstring."""
-    dlq_url = sqs.resolved_dlq_url()
+    """Move dead letters of `sqs` (SQS_DLQ_URL or its default) back to its queue; see the module docstring.
+
+    A default DLQ that does not exist yet holds nothing: it is not created (a dry run changes nothing).
+    """
+    dlq_url = health.dlq_url(sqs)
+    if dlq_url is None:
+        return RedriveResult(sqs.queue_url, "-", dry_run)
     return redrive_between(sqs.on_queue(dlq_url), sqs, reasons, limit, dry_run)
 
 

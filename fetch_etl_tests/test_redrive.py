@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from click.testing import CliRunner, Result
@@ -298,3 +299,16 @@ def test_the_dagster_job_fails_with_the_sentence(sqs_client: Any, queue_urls: Qu
     description = str(failure.user_failure_data.description)
     assert "2 dead letters could not be sent back" in description
     assert queue_counts(sqs_client, queue_urls.dlq_url) == (2, 0)
+
+
+def test_a_redrive_when_no_dead_letter_queue_exists_creates_none(sqs_endpoint: str, sqs_client: Any) -> None:
+    name = f"lonely-{uuid4().hex[:8]}"
+    url = sqs_client.create_queue(QueueName=name)["QueueUrl"]
+    try:
+        sqs = sqs_resource(sqs_endpoint, QueueUrls(url, ""), dlq_url=None)
+        for dry_run in (True, False):
+            result = redrive(sqs, dry_run=dry_run)
+            assert (result.ok, result.moved.total()) == (True, 0)
+        assert sqs_client.list_queues(QueueNamePrefix=name).get("QueueUrls") == [url], "no DLQ was created"
+    finally:
+        sqs_client.delete_queue(QueueUrl=url)
