@@ -123,7 +123,8 @@ def test_status_sends_the_session_token_too(
     report = gather(environ)
 
     assert report.queue.error is None and report.dlq.error is None
-    assert len(proxy.seen) == 2 and all(token == TOKEN for _, token in proxy.seen), proxy.seen
+    # queue depth, DLQ depth, the queue's retention and redrive policy: every one carries the token
+    assert len(proxy.seen) == 3 and all(token == TOKEN for _, token in proxy.seen), proxy.seen
 
 
 def test_a_profile_alone_is_enough(

@@ -285,7 +285,8 @@ def test_an_answer_that_is_not_xml_is_described_never_quoted(
 
 
 def test_debug_logs_carry_no_bodies(server: Server, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG):
+    # botocore's own level too: an earlier in-process CLI test may have left it at WARNING (cli logging setup).
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="botocore"):
         sqs = sqs_resource(server.endpoint, server.queues, protocol="query", receive_threads=1)
         sqs.send_bodies([MARKER_BODY])
         (message,) = sqs.receive()
