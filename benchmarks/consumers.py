@@ -25,7 +25,7 @@ from fetch_etl.assets import masked_logins, raw_login_messages, user_logins
 from fetch_etl.io_managers import batch_io_manager
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
-from fetch_etl.resources.sqs import QueueMessage
+from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.warehouse import LOGIN_COLUMNS, load_batch, migrate, rows_for_copy
 
 BENCH_KEY_HEX = "5a" * 32  # a throwaway masking key for synthetic data only

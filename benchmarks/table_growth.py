@@ -39,7 +39,7 @@ from fetch_etl.asset_metadata import TABLE_PREVIEW_COLUMNS
 from fetch_etl.checks import accepted_shapes
 from fetch_etl.local_servers import EmbeddedPostgres, create_database
 from fetch_etl.resources import PiiMaskingResource
-from fetch_etl.resources.sqs import QueueMessage
+from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl.warehouse import LOGIN_COLUMNS, check_mask_key, load_batch, migrate, table_row_count
 

@@ -16,7 +16,8 @@ import pandas as pd
 import psycopg
 
 from fetch_etl import batch
-from fetch_etl.resources.sqs import DeadLetter, QueueMessage, SqsResource
+from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.resources.sqs_messages import DeadLetter, QueueMessage
 from fetch_etl.warehouse import LoadResult, claim_rejects, record_forwarding
 
 

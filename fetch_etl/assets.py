@@ -27,7 +27,7 @@ from fetch_etl.asset_metadata import (
     user_logins_schema,
 )
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
-from fetch_etl.resources.sqs import QueueMessage, body_bytes
+from fetch_etl.resources.sqs_messages import QueueMessage, body_bytes
 from fetch_etl.warehouse import (
     check_mask_key,
     load_batch,

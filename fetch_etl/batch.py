@@ -18,7 +18,7 @@ import pandas as pd
 
 from fetch_etl.masking import Masker, mask_device_ids, mask_ips, mask_optional
 from fetch_etl.records import LoginEvent, Rejection, maskable_pii, parse_login, sent_date, sent_time
-from fetch_etl.resources.sqs import QueueMessage
+from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.warehouse import LOGIN_COLUMNS, StoredOutcome
 
 STATUS_LOADABLE = "loadable"

@@ -26,7 +26,7 @@ from dagster import (
 from fetch_etl import health, masking
 from fetch_etl.assets import user_logins
 from fetch_etl.resources import PostgresResource, SqsResource
-from fetch_etl.resources.sqs import QueueError
+from fetch_etl.resources.sqs_messages import QueueError
 
 REJECT_RATE_ENV = "REJECT_RATE_WARN_THRESHOLD"
 DEFAULT_REJECT_RATE_THRESHOLD = 0.05

@@ -29,7 +29,8 @@ from fetch_etl.local_servers import LocalStackError
 from fetch_etl.masking import MaskingKeyError
 from fetch_etl.resources.env import sqs_from_env
 from fetch_etl.resources.postgres import PostgresResource, WarehouseError
-from fetch_etl.resources.sqs import QueueError, SqsResource
+from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.resources.sqs_messages import QueueError
 from fetch_etl.schema import migrate as migrate_schema
 from fetch_etl.synthetic import generate_bodies
 

@@ -20,14 +20,14 @@ from typing import Protocol
 from tabulate import tabulate
 
 from fetch_etl import health
-from fetch_etl.resources.sqs import (
+from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.resources.sqs_messages import (
     MAX_BATCH,
     ORIGINAL_MESSAGE_ID,
     ORIGINAL_SENT_TIMESTAMP,
     REDRIVEN_AT,
     QueueError,
     QueueMessage,
-    SqsResource,
 )
 from fetch_etl.status import resources_from_env
 

@@ -22,7 +22,8 @@ from dagster import (
 )
 
 from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_TAGS, ingest_logins_job
-from fetch_etl.resources.sqs import QueueError, SqsResource
+from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.resources.sqs_messages import QueueError
 
 DEFAULT_INTERVAL_SECONDS = 30
 DEFAULT_MAX_PARALLEL_RUNS = 1

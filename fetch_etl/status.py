@@ -19,7 +19,8 @@ from fetch_etl import health
 from fetch_etl.local_servers import LocalStackError
 from fetch_etl.resources.env import postgres_from_env, sqs_from_env
 from fetch_etl.resources.postgres import PostgresResource, WarehouseError
-from fetch_etl.resources.sqs import QueueDepth, QueueError, SqsResource
+from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.resources.sqs_messages import QueueDepth, QueueError
 
 SENSOR_NAME = "login_queue_sensor"
 # dagster-daemon writes a heartbeat every 30 s; four missed ones mean no daemon is ticking sensors.

@@ -38,7 +38,8 @@ def _then_die(original: Callable[..., Any]) -> Callable[..., Any]:
 def install(point: str) -> None:
     """Patch the pipeline so the process dies right after (or, for mid_*, inside) `point`."""
     from fetch_etl import ack, assets, batch, warehouse
-    from fetch_etl.resources.sqs import QueueMessage, SqsResource
+    from fetch_etl.resources.sqs import SqsResource
+    from fetch_etl.resources.sqs_messages import QueueMessage
 
     if point == "after_receive":
         SqsResource.receive = _then_die(SqsResource.receive)  # type: ignore[method-assign]

@@ -13,7 +13,7 @@ import pytest
 
 from fetch_etl import ack, batch
 from fetch_etl.masking import HmacMasker
-from fetch_etl.resources.sqs import DeadLetter, QueueMessage, _queue_message
+from fetch_etl.resources.sqs_messages import DeadLetter, QueueMessage, queue_message
 from fetch_etl.warehouse import LoadResult, StoredOutcome
 from fetch_etl_tests.helpers import FOO_BAR, login_body
 
@@ -73,7 +73,7 @@ def test_a_redriven_copy_is_keyed_by_its_original_id_and_keeps_its_sent_date() -
             "redriven_at": {"DataType": "String", "StringValue": REDRIVE},
         },
     }
-    copy = _queue_message(raw)
+    copy = queue_message(raw)
     assert (copy.message_id, copy.key, copy.sent_timestamp) == ("copy-id", "orig-id", "1700000000000")
     frame = batch.mask_messages([copy], MASKER)
     row = frame.iloc[0]

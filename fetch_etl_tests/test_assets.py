@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs import QueueMessage, SqsResource
+from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl.warehouse import USER_LOGINS_DDL
 from fetch_etl_tests.helpers import (

@@ -23,7 +23,7 @@ from fetch_etl.batch import (
     stats,
 )
 from fetch_etl.masking import HmacMasker
-from fetch_etl.resources.sqs import MAX_BATCH, MAX_BATCH_BYTES, DeadLetter, QueueMessage, _batches_by_size
+from fetch_etl.resources.sqs_messages import MAX_BATCH, MAX_BATCH_BYTES, DeadLetter, QueueMessage, batches_by_size
 from fetch_etl.warehouse import LOGIN_COLUMNS
 
 KEY = bytes(range(32))
@@ -297,7 +297,7 @@ def test_any_batch_has_one_row_per_message_and_no_clear_values(bodies: list[str]
     assert "\u2603" not in "".join(all_cells(frame))
 
 
-# --- _batches_by_size -----------------------------------------------------------------------------
+# --- batches_by_size -----------------------------------------------------------------------------
 
 
 def sizes(batches: list[list[tuple[int, int]]]) -> list[int]:
@@ -306,7 +306,7 @@ def sizes(batches: list[list[tuple[int, int]]]) -> list[int]:
 
 def batched(item_sizes: list[int]) -> list[list[tuple[int, int]]]:
     items = list(enumerate(item_sizes))
-    return list(_batches_by_size(items, lambda item: item[1]))
+    return list(batches_by_size(items, lambda item: item[1]))
 
 
 @settings(max_examples=200)
@@ -335,7 +335,7 @@ def test_batches_by_size_examples() -> None:
 
 def test_batches_by_size_with_real_bodies() -> None:
     bodies = ["😀" * (MAX_BATCH_BYTES // 16)] * 5  # 4 bytes per character in UTF-8
-    batches = list(_batches_by_size(bodies, lambda body: len(body.encode())))
+    batches = list(batches_by_size(bodies, lambda body: len(body.encode())))
     assert [b for batch in batches for b in batch] == bodies
     assert all(sum(len(b.encode()) for b in batch) <= MAX_BATCH_BYTES for batch in batches)
     assert [len(batch) for batch in batches] == [4, 1]

@@ -10,7 +10,7 @@ import pytest
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.resources import PostgresResource, SqsResource
 from fetch_etl.resources.postgres import WarehouseError
-from fetch_etl.resources.sqs import QueueError
+from fetch_etl.resources.sqs_messages import QueueError
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl_tests.helpers import closed_port, queue_counts, resources, run_pipeline, send, sqs_resource
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from fetch_etl.batch import loadable, mask_messages, rejected
 from fetch_etl.masking import HmacMasker
-from fetch_etl.resources.sqs import QueueMessage
+from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.warehouse import load_batch, migrate
 
 MIN_BODIES = 10_000

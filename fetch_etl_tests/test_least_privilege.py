@@ -23,7 +23,7 @@ from fetch_etl.jobs import INGEST_JOB_NAME, ingest_logins_job
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.masking import HmacMasker
 from fetch_etl.resources.postgres import PostgresResource
-from fetch_etl.resources.sqs import QueueMessage
+from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.schema import USER_LOGINS_DDL
 from fetch_etl.warehouse import load_batch
 from fetch_etl_tests.helpers import (

@@ -18,8 +18,8 @@ import pytest
 
 from benchmarks.relay import DelayRelay
 from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs import QueueMessage
 from fetch_etl.resources.sqs_heartbeat import VisibilityHeartbeat
+from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.resources.sqs_receive import ParallelReceiver
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl_tests.helpers import (

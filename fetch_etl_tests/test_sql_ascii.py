@@ -15,7 +15,8 @@ import pytest
 from fetch_etl.local_servers import create_database, drop_database
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.resources.postgres import PostgresResource
-from fetch_etl.resources.sqs import QueueMessage, SqsResource
+from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl_tests.helpers import (
     FOO_BAR,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs import QueueError
+from fetch_etl.resources.sqs_messages import QueueError
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl_tests.helpers import (
     FOO_BAR,

@@ -20,7 +20,8 @@ from botocore.client import BaseClient
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs import QueueError, SqsResource
+from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.resources.sqs_messages import QueueError
 from fetch_etl.resources.sqs_protocol import legacy_signature
 from fetch_etl.resources.sqs_query import UnreadableAnswerError
 from fetch_etl_tests.helpers import closed_port, send, sqs_resource

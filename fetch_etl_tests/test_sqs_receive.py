@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs import QueueMessage
+from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.resources.sqs_protocol import pool_size
 from fetch_etl.resources.sqs_receive import ParallelReceiver
 from fetch_etl.synthetic import generate_bodies

@@ -21,7 +21,7 @@ from dagster._daemon.types import DaemonHeartbeat
 
 from fetch_etl.health import WarehouseOverview
 from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs import QueueDepth
+from fetch_etl.resources.sqs_messages import QueueDepth
 from fetch_etl.status import (
     DAEMON_HEARTBEAT_TOLERANCE_S,
     QueueReport,

@@ -11,7 +11,7 @@ import psycopg
 
 from fetch_etl.batch import loadable, mask_messages, rejected
 from fetch_etl.masking import HmacMasker
-from fetch_etl.resources.sqs import QueueMessage
+from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.warehouse import LOGIN_COLUMNS, load_batch, migrate
 from fetch_etl_tests.helpers import FOO_BAR, TEST_KEY_HEX, login_body
 

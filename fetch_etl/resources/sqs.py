@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,25 +24,27 @@ from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field, PrivateAttr
 
 from fetch_etl.resources.sqs_heartbeat import VisibilityHeartbeat
+from fetch_etl.resources.sqs_messages import (
+    DEFAULT_MAX_RECEIVE_COUNT,
+    MAX_BATCH,
+    MAX_MESSAGE_ATTRIBUTES,
+    RECEIVED_ATTRIBUTES,
+    DeadLetter,
+    DeadLetterResult,
+    QueueDepth,
+    QueueError,
+    QueueMessage,
+    batches_by_size,
+    body_bytes,
+    chunks,
+    queue_message,
+)
 from fetch_etl.resources.sqs_protocol import PROTOCOLS, learned_protocol, legacy_signature, make_client
 from fetch_etl.resources.sqs_receive import ParallelReceiver
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_URL = "http://localhost:4566/000000000000/login-queue"
-MAX_BATCH = 10  # SQS's limit per receive, send and delete call
-MAX_BATCH_BYTES = 256 * 1024  # SQS caps a send batch (bodies and message attributes) at 256 KiB
-# Message attributes the pipeline reads: set on dead letters we forward, kept by `fetch-etl redrive`.
-# A copy keeps its original's identity and SentTimestamp (so create_date stays the login's date).
-ORIGINAL_MESSAGE_ID = "original_message_id"
-ORIGINAL_SENT_TIMESTAMP = "original_sent_timestamp"
-REDRIVEN_AT = "redriven_at"
-RECEIVED_ATTRIBUTES = (ORIGINAL_MESSAGE_ID, ORIGINAL_SENT_TIMESTAMP, REDRIVEN_AT)
-# SQS_MAX_RECEIVE_COUNT's default. A queue's own redrive policy must allow more receives than this, or SQS
-# moves a failing message to the DLQ before the pipeline can record it (docs/reliability.md).
-DEFAULT_MAX_RECEIVE_COUNT = 10
-
-
 # botocore logs whole request and response payloads (message bodies: clear PII) at DEBUG.
 _PAYLOAD_LOGGERS = ("botocore.endpoint", "botocore.parsers", "botocore.hooks", "botocore.auth")
 
@@ -54,89 +55,6 @@ def quiet_payload_logging() -> None:
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() < logging.INFO:
             logger.setLevel(logging.INFO)
-
-
-class QueueError(RuntimeError):
-    """The queue could not be used; the message is one sentence that says what was tried.
-
-    `code` is SQS's error code (or botocore's error class) where there was one, for callers that record it.
-    """
-
-    def __init__(self, message: str, code: str = "error") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class QueueMessage:
-    """One received message; `body` may hold clear PII and lives only in memory.
-
-    `key` is the identity its outcome is stored under: the MessageId it first had, which a dead letter
-    and a redriven copy carry as `original_message_id` (each copy gets a new SQS MessageId).
-    """
-
-    message_id: str
-    receipt_handle: str
-    body: str
-    sent_timestamp: str | None
-    receive_count: int
-    original_message_id: str | None = None
-    redriven_at: str | None = None  # set by `fetch-etl redrive`: evaluate afresh, once per redrive
-
-    @property
-    def key(self) -> str:
-        return self.original_message_id or self.message_id
-
-    def __repr__(self) -> str:  # keep bodies out of logs and tracebacks
-        return f"QueueMessage(message_id={self.message_id!r}, key={self.key!r}, receive_count={self.receive_count})"
-
-
-@dataclass(frozen=True, slots=True)
-class QueueDepth:
-    visible: int
-    in_flight: int
-    delayed: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A rejected message to forward unchanged, with why, to the dead-letter queue."""
-
-    message: QueueMessage
-    reason_code: str
-    reason: str
-
-    def attributes(self) -> dict[str, dict[str, str]]:
-        return {
-            "reason": {"DataType": "String", "StringValue": self.reason},
-            "reason_code": {"DataType": "String", "StringValue": self.reason_code},
-            ORIGINAL_MESSAGE_ID: {"DataType": "String", "StringValue": self.message.key},
-            **(
-                {ORIGINAL_SENT_TIMESTAMP: {"DataType": "String", "StringValue": self.message.sent_timestamp}}
-                if self.message.sent_timestamp
-                else {}
-            ),
-        }
-
-    def size(self) -> int:
-        """Bytes SQS counts toward its size limit: the body and every attribute's name, type and value."""
-        attributes = sum(
-            len(name) + len(a["DataType"]) + len(a["StringValue"].encode()) for name, a in self.attributes().items()
-        )
-        return len(self.message.body.encode()) + attributes
-
-
-@dataclass(frozen=True)
-class DeadLetterResult:
-    """Which rejects reached the dead-letter queue (by key) and, for those that did not, the error code."""
-
-    forwarded: list[str]
-    failed: dict[str, str]
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class SqsResource(ResourceWithBoto3Configuration):
@@ -302,7 +220,7 @@ class SqsResource(ResourceWithBoto3Configuration):
                 MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
                 MessageAttributeNames=list(RECEIVED_ATTRIBUTES),
             )
-            return [_queue_message(raw) for raw in response.get("Messages", [])]
+            return [queue_message(raw) for raw in response.get("Messages", [])]
 
         receiver = ParallelReceiver(
             fetch,
@@ -379,7 +297,7 @@ class SqsResource(ResourceWithBoto3Configuration):
                 return [m.message_id for m in batch]
             return [batch[int(f["Id"])].message_id for f in response.get("Failed", [])]
 
-        batches = list(_chunks(messages, MAX_BATCH))
+        batches = list(chunks(messages, MAX_BATCH))
         if len(batches) <= 1:
             return [mid for batch in batches for mid in delete_batch(batch)]
         with ThreadPoolExecutor(max_workers=self.delete_threads, thread_name_prefix="sqs-delete") as pool:
@@ -410,7 +328,7 @@ class SqsResource(ResourceWithBoto3Configuration):
             return DeadLetterResult([], {letter.message.key: err.code for letter in letters})
         forwarded: list[str] = []
         failed: dict[str, str] = {}
-        for batch in _batches_by_size(letters, DeadLetter.size):
+        for batch in batches_by_size(letters, DeadLetter.size):
             try:
                 ok, refused = self._send_dead_letters(dlq_url, batch)
             except QueueError as whole:
@@ -461,7 +379,7 @@ class SqsResource(ResourceWithBoto3Configuration):
                 raise QueueError(f"cannot send messages on {self.describe()}: {', '.join(codes)}")
             return len(batch)
 
-        batches = list(_batches_by_size(list(bodies), lambda body: len(body.encode())))
+        batches = list(batches_by_size(list(bodies), lambda body: len(body.encode())))
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqs-send") as pool:
             return sum(pool.map(send, batches))
 
@@ -485,7 +403,7 @@ class SqsResource(ResourceWithBoto3Configuration):
         )
         return [
             (
-                _queue_message(raw),
+                queue_message(raw),
                 {
                     name: str(value["StringValue"])
                     for name, value in (raw.get("MessageAttributes") or {}).items()
@@ -508,7 +426,7 @@ class SqsResource(ResourceWithBoto3Configuration):
             return len(body.encode()) + sum(len(k.encode()) + len(v.encode()) + 6 for k, v in attributes.items())
 
         failed: dict[int, str] = {}
-        for batch in _batches_by_size(range(len(items)), size):
+        for batch in batches_by_size(range(len(items)), size):
             entries = [
                 {
                     "Id": str(index),
@@ -528,7 +446,7 @@ class SqsResource(ResourceWithBoto3Configuration):
     def change_visibility(self, messages: Sequence[QueueMessage], seconds: int) -> list[str]:
         """Set held messages' visibility (0: visible again at once); returns the MessageIds that failed."""
         failed: list[str] = []
-        for batch in _chunks(messages, MAX_BATCH):
+        for batch in chunks(messages, MAX_BATCH):
             response = self._call(
                 "change message visibility",
                 self.client().change_message_visibility_batch,
@@ -540,40 +458,3 @@ class SqsResource(ResourceWithBoto3Configuration):
             )
             failed += [batch[int(f["Id"])].message_id for f in response.get("Failed", [])]
         return failed
-
-
-MAX_MESSAGE_ATTRIBUTES = 10  # SQS's limit per message (send_with_attributes)
-
-
-def body_bytes(message: QueueMessage) -> int:
-    """What a message's body weighs on the wire (UTF-8), as SQS and SQS_MAX_BYTES_PER_RUN count it."""
-    return len(message.body.encode("utf-8", "surrogatepass"))
-
-
-def _queue_message(raw: dict[str, Any]) -> QueueMessage:
-    attrs = raw.get("Attributes", {})
-    custom = raw.get("MessageAttributes", {})
-    return QueueMessage(
-        message_id=raw["MessageId"],
-        receipt_handle=raw["ReceiptHandle"],
-        body=raw.get("Body", ""),
-        sent_timestamp=custom.get(ORIGINAL_SENT_TIMESTAMP, {}).get("StringValue") or attrs.get("SentTimestamp"),
-        receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
-        original_message_id=custom.get(ORIGINAL_MESSAGE_ID, {}).get("StringValue") or None,
-        redriven_at=custom.get(REDRIVEN_AT, {}).get("StringValue") or None,
-    )
-
-
-def _batches_by_size(items: Sequence[Any], size_of: Callable[[Any], int]) -> Iterator[list[Any]]:
-    """Batches of at most ten items and MAX_BATCH_BYTES of payload (a lone large item goes alone)."""
-    batch: list[Any] = []
-    total = 0
-    for item in items:
-        size = size_of(item)
-        if batch and (len(batch) == MAX_BATCH or total + size > MAX_BATCH_BYTES):
-            yield batch
-            batch, total = [], 0
-        batch.append(item)
-        total += size
-    if batch:
-        yield batch
