@@ -18,6 +18,7 @@ from fetch_etl.assets import masked_logins, raw_login_messages, user_logins
 from fetch_etl.io_managers import batch_io_manager
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
+from fetch_etl.resources.sqs_messages import QueueMessage
 
 TEST_KEY_HEX = "0f" * 32
 FOO_BAR = '{"foo": "oops_wrong_msg_type", "bar": "123"}'  # the reference traffic's non-login message
@@ -39,6 +40,13 @@ def sqs_resource(endpoint: str, queues: QueueUrls, **overrides: Any) -> SqsResou
     }
     settings.update(overrides)
     return SqsResource(**settings)
+
+
+class NoDeleteSqs(SqsResource):
+    """A crash after the commit and before any delete: every delete 'fails', so everything comes back."""
+
+    def delete(self, messages: Sequence[QueueMessage]) -> list[str]:
+        return [m.message_id for m in messages]
 
 
 def resources(

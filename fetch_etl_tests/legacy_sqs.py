@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import http.client
 import threading
-from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
-from types import TracebackType
-from typing import Any, Self
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from fetch_etl_tests.loopback_wsgi import LoopbackWsgiServer, StartResponse
 
 # What Werkzeug (and so that LocalStack) answers for an unhandled exception.
 ERROR_500 = (
@@ -27,28 +26,18 @@ ERROR_500 = (
 )
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
-StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # no request lines on the test output
-        pass
-
-
-class LegacySqsDouble:
+class LegacySqsDouble(LoopbackWsgiServer):
     """Proxies to `upstream`; HTTP 500 for JSON-protocol requests when `reject_json`; counts what it saw."""
 
+    thread_name = "legacy-sqs"
+
     def __init__(self, upstream: str, *, reject_json: bool = True) -> None:
+        super().__init__()
         parts = urlsplit(upstream)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._reject_json = reject_json
         self._lock = threading.Lock()
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
         self.json_requests = 0
         self.json_rejected = 0
         self.query_proxied = 0
@@ -56,39 +45,10 @@ class LegacySqsDouble:
         self.last_authorization = ""
         self._planned_failures: list[tuple[int, bytes, str]] = []
 
-    @property
-    def endpoint(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def queue_url(self, upstream_queue_url: str) -> str:
-        """The same queue addressed through this proxy (as LocalStack's own URLs would be)."""
-        return self.endpoint + urlsplit(upstream_queue_url).path
-
     def fail_next(self, count: int, status: int = 503, body: bytes = b"", content_type: str = "text/plain") -> None:
         """The next `count` query requests get this answer instead of the server's."""
         with self._lock:
             self._planned_failures += [(status, body, content_type)] * count
-
-    def start(self) -> Self:
-        self._server = make_server("127.0.0.1", 0, self._app, _ThreadingWSGIServer, _QuietHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="legacy-sqs", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.stop()
 
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)

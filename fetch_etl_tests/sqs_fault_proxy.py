@@ -47,14 +47,12 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from socketserver import ThreadingMixIn
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from xml.sax.saxutils import escape
 
 from fetch_etl.resources.sqs_query import query_session
+from fetch_etl_tests.loopback_wsgi import LoopbackWsgiServer, StartResponse
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
@@ -69,7 +67,6 @@ QUERY_CODES = _query_codes()
 XMLNS = "http://queue.amazonaws.com/doc/2012-11-05/"
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
 
-StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 Entry = dict[str, Any]  # one batch entry in the JSON protocol's shape: Id, MessageBody, ReceiptHandle...
 
 
@@ -110,29 +107,21 @@ class _Request:
     entries: list[Entry]
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # no request lines on the test output
-        pass
-
-
 def _queue_name(url_or_name: str | None) -> str | None:
     return None if not url_or_name else url_or_name.rstrip("/").rsplit("/", 1)[-1]
 
 
-class SqsFaultProxy:
+class SqsFaultProxy(LoopbackWsgiServer):
     """Proxies every request to the upstream SQS endpoint, except where a rule says to fail it."""
 
+    thread_name = "sqs-fault-proxy"
+
     def __init__(self, upstream_endpoint: str) -> None:
+        super().__init__()
         parts = urlsplit(upstream_endpoint)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
         self.calls: list[tuple[str, str | None]] = []
 
     # --- rules ------------------------------------------------------------------------------------
@@ -190,39 +179,6 @@ class SqsFaultProxy:
         return rule
 
     # --- lifecycle --------------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "start() first"
-        return int(self._server.server_address[1])
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def queue_url(self, upstream_queue_url: str) -> str:
-        """The same queue addressed through this proxy."""
-        return self.endpoint + urlsplit(upstream_queue_url).path
-
-    def start(self) -> Self:
-        self._server = make_server("127.0.0.1", 0, self._app, _ThreadingWSGIServer, _QuietHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sqs-fault-proxy", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.stop()
 
     # --- requests ---------------------------------------------------------------------------------
 
@@ -406,6 +362,7 @@ def _merge_failed(
 
 def _error_answer(request: _Request, rule: Rule, start_response: StartResponse) -> Iterable[bytes]:
     """The whole call's error, as the request's protocol spells it."""
+
     status_line = f"{rule.status} {http.client.responses.get(rule.status, 'Error')}"
     if rule.code is None:
         start_response(status_line, [("Content-Type", "text/plain")])

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs import SqsResource
-from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl.warehouse import USER_LOGINS_DDL
 from fetch_etl_tests.helpers import (
     FOO_BAR,
     NOT_JSON,
     TEST_KEY_HEX,
+    NoDeleteSqs,
     drain,
     execute,
     fetch_all,
@@ -92,18 +90,11 @@ def test_rerun_adds_nothing(sqs_endpoint: str, sqs_client: Any, queue_urls: Queu
     assert fetch_all(database_url, "SELECT count(*) FROM user_logins")[0][0] == first["loaded"]
 
 
-class _NoDeleteSqs(SqsResource):
-    """Simulates a crash after the commit and before any delete: every delete 'fails'."""
-
-    def delete(self, messages: Sequence[QueueMessage]) -> list[str]:
-        return [m.message_id for m in messages]
-
-
 def test_redelivered_messages_are_not_duplicated(
     sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls, database_url: str
 ) -> None:
     ids = send(sqs_client, queue_urls.queue_url, [*generate_bodies(20, seed=3, malformed_rate=0), FOO_BAR])
-    crashing = _NoDeleteSqs(**sqs_resource(sqs_endpoint, queue_urls, visibility_timeout=1).model_dump())
+    crashing = NoDeleteSqs(**sqs_resource(sqs_endpoint, queue_urls, visibility_timeout=1).model_dump())
     first = metadata(run_pipeline(resources(sqs_endpoint, queue_urls, database_url, sqs=crashing)))
     assert (first["loaded"], first["delete_failures"]) == (20, 21)
 

@@ -31,6 +31,7 @@ from fetch_etl_tests.helpers import (
     FOO_BAR,
     NOT_JSON,
     TEST_KEY_HEX,
+    NoDeleteSqs,
     clean_env,
     execute,
     fetch_all,
@@ -41,7 +42,6 @@ from fetch_etl_tests.helpers import (
     sqs_resource,
     wait_until_none_in_flight,
 )
-from fetch_etl_tests.test_sql_ascii import _NoDeleteSqs
 
 DEPLOYMENT_DOC = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
 
@@ -115,7 +115,7 @@ def test_a_least_privilege_role_runs_after_the_owner_migrates(
     _grant(database_url, role, documented_grants())
 
     send(sqs_client, queue_urls.queue_url, [login_body(), login_body(user_id="b"), FOO_BAR])
-    crashing = _NoDeleteSqs(**sqs_resource(sqs_endpoint, queue_urls, visibility_timeout=1).model_dump())
+    crashing = NoDeleteSqs(**sqs_resource(sqs_endpoint, queue_urls, visibility_timeout=1).model_dump())
     first = _ingest(resources(sqs_endpoint, queue_urls, role_url, sqs=crashing))
     assert first.success
     assert (_loaded(first)["load_path"], _loaded(first)["loaded"], _loaded(first)["dead_lettered"]) == ("copy", 2, 1)

@@ -16,9 +16,17 @@ from fetch_etl import schema
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.resources.postgres import PostgresResource
 from fetch_etl.schema import MigrationError, migrate
-from fetch_etl_tests.helpers import FOO_BAR, login_body, metadata, resources, run_pipeline, send, sqs_resource
+from fetch_etl_tests.helpers import (
+    FOO_BAR,
+    NoDeleteSqs,
+    login_body,
+    metadata,
+    resources,
+    run_pipeline,
+    send,
+    sqs_resource,
+)
 from fetch_etl_tests.helpers import wait_until_none_in_flight as wait_none_in_flight
-from fetch_etl_tests.test_sql_ascii import _NoDeleteSqs
 
 TABLES = ("user_logins", "user_logins_rejected", "fetch_etl_mask_keys")
 VIEWS = ("user_logins_duplicate_ips", "user_logins_duplicate_devices")
@@ -161,7 +169,7 @@ def test_a_run_completes_while_another_session_holds_the_tables(
 ) -> None:
     """A run on an up-to-date schema: redeliveries acknowledged from what is stored, a new login, a new reject."""
     send(sqs_client, queue_urls.queue_url, [login_body(), login_body(user_id="b"), FOO_BAR])
-    crashing = _NoDeleteSqs(**sqs_resource(sqs_endpoint, queue_urls, visibility_timeout=1).model_dump())
+    crashing = NoDeleteSqs(**sqs_resource(sqs_endpoint, queue_urls, visibility_timeout=1).model_dump())
     run_pipeline(resources(sqs_endpoint, queue_urls, database_url, sqs=crashing))  # migrates; nothing acked
     wait_none_in_flight(sqs_client, queue_urls.queue_url)
     send(sqs_client, queue_urls.queue_url, [FOO_BAR, login_body(user_id="c")])

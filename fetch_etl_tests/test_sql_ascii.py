@@ -15,12 +15,11 @@ import pytest
 from fetch_etl.local_servers import create_database, drop_database
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.resources.postgres import PostgresResource
-from fetch_etl.resources.sqs import SqsResource
-from fetch_etl.resources.sqs_messages import QueueMessage
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl_tests.helpers import (
     FOO_BAR,
     NOT_JSON,
+    NoDeleteSqs,
     drain,
     login_body,
     metadata,
@@ -89,18 +88,11 @@ def test_loads_rejects_dead_letters_and_deletes_with_non_ascii_text(
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in rejects.items())
 
 
-class _NoDeleteSqs(SqsResource):
-    """A crash after the commit and before any delete: every delete 'fails', so everything comes back."""
-
-    def delete(self, messages: Sequence[QueueMessage]) -> list[str]:
-        return [m.message_id for m in messages]
-
-
 def test_a_redelivery_is_recognised_from_what_is_stored_and_acknowledged(
     sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls, encoded_database_url: str
 ) -> None:
     send(sqs_client, queue_urls.queue_url, [login_body(user_id=EMOJI_USER), login_body(), FOO_BAR])
-    crashing = _NoDeleteSqs(**sqs_resource(sqs_endpoint, queue_urls, visibility_timeout=1).model_dump())
+    crashing = NoDeleteSqs(**sqs_resource(sqs_endpoint, queue_urls, visibility_timeout=1).model_dump())
     first = metadata(run_pipeline(resources(sqs_endpoint, queue_urls, encoded_database_url, sqs=crashing)))
     assert (first["loaded"], first["dead_lettered"], first["delete_failures"]) == (2, 1, 3)
 
