@@ -69,8 +69,10 @@ def test_short_polls_while_batches_are_full_then_one_empty_long_poll_ends_the_dr
     assert calls == [(10, 0, 10), (10, 0, 10), (10, 0, 5), (10, 1, 0)]
 
 
-def test_the_connection_pool_covers_every_receiver_and_deleter(sqs_endpoint: str, queue_urls: QueueUrls) -> None:
+def test_the_connection_pool_covers_every_receiver_heartbeat_call_and_deleter(
+    sqs_endpoint: str, queue_urls: QueueUrls
+) -> None:
     sqs = sqs_resource(sqs_endpoint, queue_urls, receive_threads=16, delete_threads=8, protocol="json")
-    assert pool_size(sqs) == 25
-    assert sqs.client().meta.config.max_pool_connections == 25
-    assert pool_size(sqs_resource(sqs_endpoint, queue_urls)) == 10
+    assert pool_size(sqs) == 16 + 16 + 8
+    assert sqs.client().meta.config.max_pool_connections == 40
+    assert pool_size(sqs_resource(sqs_endpoint, queue_urls, receive_threads=2, delete_threads=1)) == 10

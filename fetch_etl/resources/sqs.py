@@ -156,7 +156,7 @@ class SqsResource(ResourceWithBoto3Configuration):
         except NoCredentialsError:
             raise QueueError(
                 f"cannot {what} on {self.describe()}: no AWS credentials "
-                "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+                "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with a task or pod role)",
                 "NoCredentials",
             ) from None
         except ClientError as err:

@@ -120,8 +120,9 @@ def make_client(settings: SqsResource, protocol: str, endpoint_key: str, region:
 
 
 def pool_size(settings: SqsResource) -> int:
-    """HTTP connections to keep: one per receiver and deleter, plus the heartbeat, so no thread waits for one."""
-    return max(10, settings.receive_threads + settings.delete_threads + 1)
+    """HTTP connections to keep, so no thread waits for one: the receivers, the heartbeat's calls (as wide as
+    the receivers while they run, sqs_heartbeat) and the deleters."""
+    return max(10, 2 * settings.receive_threads + settings.delete_threads)
 
 
 def _credentials(settings: SqsResource, session: boto3.session.Session) -> dict[str, str]:
