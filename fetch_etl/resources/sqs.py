@@ -1,8 +1,8 @@
 """The SQS side of the pipeline: receive a run's batch, dead-letter rejects, delete what was committed.
 
-Built on dagster-aws's boto3 configuration base (region, endpoint, credentials, retries), since
-dagster-aws ships no SQS resource. Every failure to reach the queue surfaces as one `QueueError`
-sentence naming the endpoint and queue, never a botocore traceback.
+Configured with dagster-aws's boto3 fields (region, endpoint, credentials, retries), mirrored in aws_config
+so runs skip dagster-aws's slow import; dagster-aws ships no SQS resource. Every failure to reach the queue
+surfaces as one `QueueError` sentence naming the endpoint and queue, never a botocore traceback.
 
 Two wire formats under one interface (`SQS_PROTOCOL`): boto3's JSON protocol, or the older query
 protocol that the 2022 LocalStack in Fetch's reference image still needs (botocore's own, see sqs_query).
@@ -20,9 +20,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field, PrivateAttr
 
+from fetch_etl.resources.aws_config import Boto3Configuration
 from fetch_etl.resources.sqs_heartbeat import VisibilityHeartbeat
 from fetch_etl.resources.sqs_messages import (
     DEFAULT_MAX_RECEIVE_COUNT,
@@ -57,7 +57,7 @@ def quiet_payload_logging() -> None:
             logger.setLevel(logging.INFO)
 
 
-class SqsResource(ResourceWithBoto3Configuration):
+class SqsResource(Boto3Configuration):
     """An SQS queue of login events and its dead-letter queue."""
 
     queue_url: str = Field(default=DEFAULT_QUEUE_URL, description="URL of the source queue (SQS_QUEUE_URL).")
