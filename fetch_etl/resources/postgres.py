@@ -10,14 +10,12 @@ from dagster import ConfigurableResource
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
-DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@localhost:5432/postgres"
+# Also importable from here, as before; defined apart so light importers skip Dagster.
+from fetch_etl.resources.warehouse_errors import DEFAULT_DATABASE_URL, WarehouseError, first_line
+
 # Always UTF8 on the wire, whatever the server encoding: on a SQL_ASCII database the client encoding
 # would otherwise be SQL_ASCII too, and psycopg then returns every text value as bytes.
 CLIENT_ENCODING = "UTF8"
-
-
-class WarehouseError(RuntimeError):
-    """Postgres could not be used; one sentence naming host and database, never a password."""
 
 
 def describe_database(url: str) -> str:
@@ -29,14 +27,6 @@ def describe_database(url: str) -> str:
     host = info.get("host") or "localhost"
     port = info.get("port") or "5432"
     return f"database {info.get('dbname', '?')!r} on {host}:{port} as {info.get('user', '?')!r}"
-
-
-def first_line(err: BaseException) -> str:
-    """The primary message of a driver error, without CONTEXT/DETAIL lines that may quote data."""
-    diag = getattr(err, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    text = primary or str(err).strip().split("\n")[0]
-    return text[:300]
 
 
 class PostgresResource(ConfigurableResource):
