@@ -25,7 +25,7 @@ from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_TAGS, ingest_logins_job
 from fetch_etl.resources.sqs import SqsResource
 from fetch_etl.resources.sqs_messages import QueueError
 
-DEFAULT_INTERVAL_SECONDS = 30
+DEFAULT_INTERVAL_SECONDS = 5  # a tick is one GetQueueAttributes call: cheap, and it bounds latency
 DEFAULT_MAX_PARALLEL_RUNS = 1
 ASSET_JOB_NAME = "__ASSET_JOB"  # what the UI's "Materialize all" launches
 ACTIVE_STATUSES = [
@@ -38,7 +38,7 @@ ACTIVE_STATUSES = [
 
 
 def sensor_interval() -> int:
-    """LOGIN_QUEUE_SENSOR_INTERVAL (seconds between ticks), default 30."""
+    """LOGIN_QUEUE_SENSOR_INTERVAL (seconds between ticks), default DEFAULT_INTERVAL_SECONDS."""
     return int(os.environ.get("LOGIN_QUEUE_SENSOR_INTERVAL", DEFAULT_INTERVAL_SECONDS))
 
 

@@ -158,15 +158,15 @@ def test_sensor_is_defined_for_the_ingest_job_with_the_default_interval() -> Non
     sensor_def = defs.resolve_sensor_def("login_queue_sensor")
     assert sensor_def.job_name == INGEST_JOB_NAME
     assert sensor_def.default_status == DefaultSensorStatus.RUNNING
-    assert DEFAULT_INTERVAL_SECONDS == 30
-    assert sensor_def.minimum_interval_seconds == sensor_interval() == 30, (
+    assert DEFAULT_INTERVAL_SECONDS == 5
+    assert sensor_def.minimum_interval_seconds == sensor_interval() == 5, (
         "LOGIN_QUEUE_SENSOR_INTERVAL must be unset while the test suite imports fetch_etl"
     )
 
 
 def test_sensor_interval_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LOGIN_QUEUE_SENSOR_INTERVAL", raising=False)
-    assert sensor_interval() == 30
+    assert sensor_interval() == 5
     monkeypatch.setenv("LOGIN_QUEUE_SENSOR_INTERVAL", "7")
     assert sensor_interval() == 7
 
