@@ -17,14 +17,13 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from fetch_etl_tests.loopback_wsgi import LoopbackWsgiServer, StartResponse
+from fetch_etl_tests.loopback_wsgi import LoopbackWsgiServer, StartResponse, forward
 
 # What Werkzeug (and so that LocalStack) answers for an unhandled exception.
 ERROR_500 = (
     b"<!doctype html>\n<html lang=en>\n<title>500 Internal Server Error</title>\n<h1>Internal Server Error</h1>\n"
     b"<p>The server encountered an internal error and was unable to complete your request.</p>\n"
 )
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
 class LegacySqsDouble(LoopbackWsgiServer):
@@ -75,20 +74,6 @@ class LegacySqsDouble(LoopbackWsgiServer):
         return self._proxy(environ, body, start_response)
 
     def _proxy(self, environ: dict[str, Any], body: bytes, start_response: StartResponse) -> Iterable[bytes]:
-        headers = {
-            key[5:].replace("_", "-").title(): value for key, value in environ.items() if key.startswith("HTTP_")
-        }
-        if environ.get("CONTENT_TYPE"):
-            headers["Content-Type"] = environ["CONTENT_TYPE"]
-        headers["Host"] = environ.get("HTTP_HOST", "")  # moto builds queue URLs from it: they point back here
-        path = environ.get("PATH_INFO", "/") + (f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else "")
-        conn = http.client.HTTPConnection(*self._upstream, timeout=60)
-        try:
-            conn.request(environ["REQUEST_METHOD"], path, body=body, headers=headers)
-            response = conn.getresponse()
-            payload = response.read()
-            kept = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
-            start_response(f"{response.status} {response.reason}", kept)
-            return [payload]
-        finally:
-            conn.close()
+        status, reason, headers, payload = forward(self._upstream, environ, body)
+        start_response(f"{status} {reason}", headers)
+        return [payload]

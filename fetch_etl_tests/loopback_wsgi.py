@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -11,6 +12,30 @@ from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+def forward(
+    upstream: tuple[str, int], environ: dict[str, Any], body: bytes
+) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    """Send the request on to the upstream server as it came; (status, reason, headers, payload) of its answer.
+
+    The Host header is kept: emulators build queue URLs from it, so the URLs they return point back here.
+    """
+    headers = {key[5:].replace("_", "-").title(): value for key, value in environ.items() if key.startswith("HTTP_")}
+    if environ.get("CONTENT_TYPE"):
+        headers["Content-Type"] = environ["CONTENT_TYPE"]
+    headers["Host"] = environ.get("HTTP_HOST", "")
+    path = environ.get("PATH_INFO", "/") + (f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else "")
+    conn = http.client.HTTPConnection(*upstream, timeout=60)
+    try:
+        conn.request(environ["REQUEST_METHOD"], path, body=body, headers=headers)
+        response = conn.getresponse()
+        payload = response.read()
+        kept = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
+        return response.status, response.reason, kept, payload
+    finally:
+        conn.close()
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):

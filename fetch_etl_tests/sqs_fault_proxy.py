@@ -52,9 +52,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from xml.sax.saxutils import escape
 
 from fetch_etl.resources.sqs_query import query_session
-from fetch_etl_tests.loopback_wsgi import LoopbackWsgiServer, StartResponse
-
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+from fetch_etl_tests.loopback_wsgi import LoopbackWsgiServer, StartResponse, forward
 
 
 def _query_codes() -> dict[str, str]:
@@ -238,22 +236,8 @@ class SqsFaultProxy(LoopbackWsgiServer):
         return [payload]
 
     def _send(self, environ: dict[str, Any], body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-        headers = {
-            key[5:].replace("_", "-").title(): value for key, value in environ.items() if key.startswith("HTTP_")
-        }
-        if environ.get("CONTENT_TYPE"):
-            headers["Content-Type"] = environ["CONTENT_TYPE"]
-        headers["Host"] = environ.get("HTTP_HOST", "")  # the server builds queue URLs from it: they point back here
-        path = environ.get("PATH_INFO", "/") + (f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else "")
-        conn = http.client.HTTPConnection(*self._upstream, timeout=60)
-        try:
-            conn.request(environ["REQUEST_METHOD"], path, body=body, headers=headers)
-            response = conn.getresponse()
-            payload = response.read()
-            kept = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
-            return response.status, kept, payload
-        finally:
-            conn.close()
+        status, _reason, headers, payload = forward(self._upstream, environ, body)
+        return status, headers, payload
 
 
 # --- the two wire formats ------------------------------------------------------------------------
