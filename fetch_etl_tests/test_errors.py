@@ -107,7 +107,7 @@ def test_run_against_an_unreachable_database_fails_clearly_and_deletes_nothing(
     while error.cause is not None:  # Dagster wraps the user error; ours is the innermost one
         error = error.cause
     assert error.cls_name == "WarehouseError"
-    prefix = "fetch_etl.resources.postgres.WarehouseError: "
+    prefix = f"{WarehouseError.__module__}.WarehouseError: "  # Dagster names the class by its module
     assert error.message.startswith(f"{prefix}cannot connect to database 'warehouse'")
     _assert_warehouse_sentence(error.message.removeprefix(prefix), port)
     assert "s3cret" not in str(failure.step_failure_data.error)

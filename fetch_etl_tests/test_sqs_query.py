@@ -88,7 +88,7 @@ def test_the_resources_query_client_is_botocores_with_the_json_clients_settings(
     for option in ("retries", "connect_timeout", "read_timeout", "max_pool_connections"):
         assert getattr(query.meta.config, option) == getattr(json_client.meta.config, option), option
     assert query.meta.config.retries["mode"] == "standard"
-    assert query.meta.config.read_timeout == 35 and query.meta.config.max_pool_connections == 14
+    assert query.meta.config.read_timeout == 35 and query.meta.config.max_pool_connections == 2 * 12 + 1
     assert (query.meta.endpoint_url, query.meta.region_name) == (sqs_endpoint, "us-east-1")
     assert query.get_queue_url(QueueName=queue_urls.queue_url.rsplit("/", 1)[1])["QueueUrl"] == queue_urls.queue_url
 
