@@ -35,7 +35,7 @@ HMAC_REVEAL_REFUSAL = (
 HMAC_ROTATE_REFUSAL = (
     "rotate-key needs PII_MASKING_MODE=siv: hmac tokens cannot be re-keyed, because that would need the "
     "original values, which are never stored; to change an hmac key, run with the new key and keep both tokens "
-    "for an overlap window (README, 'Changing an hmac key')"
+    "for an overlap window (docs/pii.md, 'Changing an hmac key')"
 )
 ROTATED_TABLES = ("user_logins", "user_logins_rejected")
 DEFAULT_BATCH_SIZE = 5_000

@@ -1,7 +1,7 @@
 """Hypothesis fuzz: at least 10,000 generated bodies, valid and broken mixed, through parse -> mask -> load.
 
-Against real Postgres. For every body the test decides on its own, from the login contract (README, "The
-message contract"), whether it must load and with which stored values, or which reason_code must reject
+Against real Postgres. For every body the test decides on its own, from the login contract (docs/design.md,
+"The message contract"), whether it must load and with which stored values, or which reason_code must reject
 it; what Postgres holds after the load must be exactly that. The expectation never reads the frame or the
 parser of the code under test. Each example starts from empty tables, so a replayed (shrunk) example
 behaves as it did the first time, and nothing is counted across examples at module level.

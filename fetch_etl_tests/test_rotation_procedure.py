@@ -1,4 +1,4 @@
-"""The README's "Rotating a `siv` key" procedure, step by step, running its commands as written."""
+"""docs/pii.md's "Rotating a `siv` key" procedure, step by step, running its commands as written."""
 
 from __future__ import annotations
 
@@ -21,20 +21,20 @@ from fetch_etl_tests.helpers import (
     send,
 )
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PII_DOC = Path(__file__).resolve().parent.parent / "docs" / "pii.md"
 BIN = Path(sys.executable).parent
 OLD_KEY_HEX = bytes(range(32)).hex()
 
 
 def readme_commands() -> list[str]:
-    """The shell blocks of the README's rotation section, in order."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("### Rotating a `siv` key\n", 1)[1].split("\n### ", 1)[0]
+    """The shell blocks of the rotation section of docs/pii.md, in order."""
+    text = PII_DOC.read_text(encoding="utf-8")
+    section = text.split("## Rotating a `siv` key\n", 1)[1].split("\n## ", 1)[0]
     return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
 
 
 def _shell(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """One README command in a shell, with this project's `python` and `fetch-etl` first on the PATH."""
+    """One documented command in a shell, with this project's `python` and `fetch-etl` first on the PATH."""
     environment = clean_env(**env)
     environment["PATH"] = f"{BIN}:{environment.get('PATH', '')}"
     return subprocess.run(
