@@ -26,6 +26,7 @@ from fetch_etl.asset_metadata import (
     user_logins_lineage,
     user_logins_schema,
 )
+from fetch_etl.jobs import INGEST_POOL
 from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
 from fetch_etl.resources.sqs_messages import QueueMessage, body_bytes
 from fetch_etl.warehouse import (
@@ -65,6 +66,7 @@ def masked_preview(frame: pd.DataFrame, rows: int = 5) -> str:
 
 @asset(
     group_name=GROUP,
+    pool=INGEST_POOL,
     io_manager_key="batch_io_manager",
     kinds={"sqs"},
     owners=["team:data-engineering"],
@@ -155,6 +157,7 @@ def masked_logins(
 
 @asset(
     group_name=GROUP,
+    pool=INGEST_POOL,
     kinds={"postgres"},
     owners=["team:data-engineering"],
     metadata={"dagster/column_schema": user_logins_schema()},

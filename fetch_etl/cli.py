@@ -84,7 +84,12 @@ def seed_queue(sqs: SqsResource, bodies: Sequence[str]) -> int:
 
 
 @main.command()
-@click.option("--queue-url", required=True, help="Queue to send to (endpoint from AWS_ENDPOINT_URL or the URL).")
+@click.option(
+    "--queue-url",
+    envvar="SQS_QUEUE_URL",
+    required=True,
+    help="Queue to send to (endpoint from AWS_ENDPOINT_URL or the URL). [env: SQS_QUEUE_URL]",
+)
 @click.option("--count", type=click.IntRange(min=1), help="Send N synthetic logins of the real shape.")
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSONL bodies.")
 @click.option("--seed", type=int, default=None, help="Random seed for reproducible synthetic traffic.")
@@ -255,6 +260,12 @@ def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def dagster_dev_command(port: int) -> list[str]:
+    """`dagster dev` on the definitions by module name, so it works from any install, editable or not."""
+    dagster = str(Path(sys.executable).parent / "dagster")
+    return [dagster, "dev", "-m", "fetch_etl.definitions", "-h", "127.0.0.1", "-p", str(port)]
+
+
 @main.command()
 @click.option("--produce-rate", type=click.FloatRange(min=0), default=0, help="Synthetic logins per second.")
 @click.option("--messages", type=click.IntRange(min=0), default=100, show_default=True, help="Seeded at start.")
@@ -272,20 +283,13 @@ def dev(produce_rate: float, messages: int, port: int, state_dir: Path) -> None:
                 seed_queue(_queue(stack.queue_url), generate_bodies(messages))
             if produce_rate > 0:
                 threading.Thread(target=_produce, args=(stack.queue_url, produce_rate, stop), daemon=True).start()
-            workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
-            command = [
-                str(Path(sys.executable).parent / "dagster"),
-                "dev",
-                "-w",
-                str(workspace),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ]
             log.info("Dagster UI on http://127.0.0.1:%d (Ctrl-C stops everything)", port)
             process = subprocess.Popen(
-                command, env=os.environ.copy(), start_new_session=True, preexec_fn=_default_interrupts
+                dagster_dev_command(port),
+                cwd=state_dir,  # Dagster's CLI loads ./.env over the environment: a Compose .env must not win
+                env=os.environ.copy(),
+                start_new_session=True,
+                preexec_fn=_default_interrupts,
             )
             try:
                 process.wait()

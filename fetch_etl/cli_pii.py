@@ -12,14 +12,19 @@ import click
 from tabulate import tabulate
 
 from fetch_etl import pii_admin
-from fetch_etl.masking import PII_FIELDS, MaskingKeyError, SivMasker, TokenError, load_key
+from fetch_etl.masking import MASKING_MODES, PII_FIELDS, MaskingKeyError, SivMasker, TokenError, load_key
 from fetch_etl.resources.warehouse_errors import DEFAULT_DATABASE_URL, WarehouseError
 
 log = logging.getLogger("fetch_etl")
 
 PII_ERRORS = (MaskingKeyError, pii_admin.PiiAdminError, TokenError, WarehouseError)
 MODE = click.option(
-    "--mode", envvar="PII_MASKING_MODE", default="hmac", show_default=True, help="PII_MASKING_MODE: hmac | siv."
+    "--mode",
+    envvar="PII_MASKING_MODE",
+    type=click.Choice(MASKING_MODES),
+    default="hmac",
+    show_default=True,
+    help="The masking mode the tokens were made with. [env: PII_MASKING_MODE]",
 )
 DATABASE_URL = click.option(
     "--database-url", envvar="DATABASE_URL", default=DEFAULT_DATABASE_URL, help="The warehouse (DATABASE_URL)."

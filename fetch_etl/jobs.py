@@ -5,7 +5,12 @@ from __future__ import annotations
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
 INGEST_JOB_NAME = "ingest_logins"
-INGEST_TAGS = {"fetch_etl/ingest": "login-queue"}  # the run coordinator's concurrency key
+INGEST_TAGS = {"fetch_etl/ingest": "login-queue"}  # marks the runs this job and the sensor start
+# The concurrency pool of every step that receives from or acknowledges login-queue. With the instance's
+# `concurrency: pools: granularity: run`, the run queue counts each run that contains such a step once,
+# whoever started it (the sensor, this job, the UI's "Materialize all"); the sensor keeps the pool's limit
+# equal to SQS_MAX_PARALLEL_RUNS.
+INGEST_POOL = "login_queue"
 
 ingest_logins_job = define_asset_job(
     INGEST_JOB_NAME,

@@ -37,6 +37,15 @@ def make_sqs_client(endpoint: str) -> Any:
 
 # SQS's own redrive only as a backstop behind the pipeline's poison rule (SQS_MAX_RECEIVE_COUNT).
 LOCAL_REDRIVE_MAX_RECEIVE_COUNT = 2 * DEFAULT_MAX_RECEIVE_COUNT
+# The dev instance (`dagster dev` queues runs by default): no telemetry, and the login_queue pool counted per
+# run, as in deploy/dagster.yaml, so a "Materialize all" and a sensor run never receive at the same time.
+DEV_INSTANCE_YAML = """telemetry:
+  enabled: false
+concurrency:
+  pools:
+    granularity: run
+    default_limit: 1
+"""
 
 
 def create_queue_pair(
@@ -108,7 +117,7 @@ class LocalStack:
             self.dagster_home.mkdir(exist_ok=True)
             dagster_yaml = self.dagster_home / "dagster.yaml"
             if not dagster_yaml.exists():
-                dagster_yaml.write_text("telemetry:\n  enabled: false\n")
+                dagster_yaml.write_text(DEV_INSTANCE_YAML)
             try:
                 self._queues = create_queue_pair(make_sqs_client(self.sqs.endpoint), self.queue_name)
             except Exception as exc:

@@ -3,14 +3,16 @@
 It only reads the queue's approximate depth: it never receives or deletes, so a sensor tick can
 never make a message invisible or lose one. A backlog larger than one run's batch fans out to up to
 SQS_MAX_PARALLEL_RUNS concurrent runs (default 1); SQS visibility keeps their batches apart and the
-idempotent load makes any overlap harmless.
+idempotent load makes any overlap harmless. Overlap is bounded by Dagster itself, not by run names: every
+step that touches the queue is in the concurrency pool INGEST_POOL, whose limit the sensor keeps equal to
+SQS_MAX_PARALLEL_RUNS, and the run queue (pool granularity `run`) starts no run beyond it.
 """
 
 import math
 import os
 
 from dagster import (
-    AssetKey,
+    DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -21,13 +23,12 @@ from dagster import (
     sensor,
 )
 
-from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_TAGS, ingest_logins_job
+from fetch_etl.jobs import INGEST_POOL, INGEST_TAGS, ingest_logins_job
 from fetch_etl.resources.sqs import SqsResource
 from fetch_etl.resources.sqs_messages import QueueError
 
 DEFAULT_INTERVAL_SECONDS = 5  # a tick is one GetQueueAttributes call: cheap, and it bounds latency
 DEFAULT_MAX_PARALLEL_RUNS = 1
-ASSET_JOB_NAME = "__ASSET_JOB"  # what the UI's "Materialize all" launches
 ACTIVE_STATUSES = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -53,20 +54,24 @@ def runs_wanted(visible: int, batch: int, cap: int) -> int:
 
 
 def active_ingest_run_ids(context: SensorEvaluationContext, limit: int) -> list[str]:
-    """Up to `limit` ingest runs (sensor, job or 'Materialize all') that are queued or in progress."""
-    found = [
-        record.dagster_run.run_id
-        for record in context.instance.get_run_records(
-            RunsFilter(job_name=INGEST_JOB_NAME, statuses=ACTIVE_STATUSES), limit=limit
-        )
-    ]
-    if len(found) < limit:
-        for record in context.instance.get_run_records(RunsFilter(job_name=ASSET_JOB_NAME, statuses=ACTIVE_STATUSES)):
-            if AssetKey("user_logins") in (record.dagster_run.asset_selection or set()):
-                found.append(record.dagster_run.run_id)
-                if len(found) == limit:
-                    break
+    """Up to `limit` queued or in-progress runs with a step in INGEST_POOL, whoever launched them."""
+    found = []
+    for record in context.instance.get_run_records(RunsFilter(statuses=ACTIVE_STATUSES)):
+        concurrency = record.dagster_run.run_op_concurrency
+        if concurrency is not None and INGEST_POOL in (concurrency.all_pools or ()):
+            found.append(record.dagster_run.run_id)
+            if len(found) == limit:
+                break
     return found
+
+
+def keep_pool_limit(instance: DagsterInstance, limit: int) -> None:
+    """Make INGEST_POOL's slot count `limit`, so SQS_MAX_PARALLEL_RUNS is the one knob for concurrent ingest."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return  # an instance without pools (in-memory storage): nothing to keep
+    if storage.get_concurrency_info(INGEST_POOL).slot_count != limit:
+        storage.set_concurrency_slots(INGEST_POOL, limit)
 
 
 @sensor(
@@ -77,13 +82,15 @@ def active_ingest_run_ids(context: SensorEvaluationContext, limit: int) -> list[
     "SQS_MAX_PARALLEL_RUNS (default 1) counting those already queued or running.",
 )
 def login_queue_sensor(context: SensorEvaluationContext, sqs: SqsResource) -> SensorResult | SkipReason:
+    cap = max_parallel_runs()
+    keep_pool_limit(context.instance, cap)  # every tick, so UI runs are bounded before the first backlog too
     try:
         depth = sqs.depth()
     except QueueError as err:
         return SkipReason(f"queue not reachable, will retry next tick: {err}")
     if depth.visible == 0:
         return SkipReason(f"queue is empty: 0 visible, {depth.in_flight} in flight, {depth.delayed} delayed")
-    wanted = runs_wanted(depth.visible, sqs.max_messages_per_run, max_parallel_runs())
+    wanted = runs_wanted(depth.visible, sqs.max_messages_per_run, cap)
     active = active_ingest_run_ids(context, wanted)
     if len(active) >= wanted:
         return SkipReason(

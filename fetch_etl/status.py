@@ -285,7 +285,6 @@ def gather_sensor(environ: Mapping[str, str]) -> SensorReport:
         return SensorReport("unknown", why)
     # Dagster is imported only here: it is slow to import and not needed for the rest.
     from dagster import DagsterInstance, DefaultSensorStatus
-    from dagster._core.scheduler.instigation import InstigatorType
 
     from fetch_etl.sensors import login_queue_sensor
 
@@ -293,8 +292,8 @@ def gather_sensor(environ: Mapping[str, str]) -> SensorReport:
         with DagsterInstance.from_config(str(home)) as instance:
             states = [
                 s
-                for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-                if s.instigator_name == SENSOR_NAME
+                for s in instance.all_instigator_state()
+                if s.instigator_name == SENSOR_NAME and s.instigator_type.value == "SENSOR"
             ]
             ticks = [t for s in states for t in instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=1)]
             heartbeat = instance.get_daemon_heartbeats().get("SENSOR")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import stat
@@ -290,3 +291,75 @@ def test_seed_to_an_unreachable_queue_is_one_line(tmp_path: Path) -> None:
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("Error: cannot send messages on queue")
     assert queue_url in line and f"endpoint http://127.0.0.1:{port}" in line
+
+
+def test_seed_reads_the_queue_url_from_the_environment_like_the_other_commands(
+    sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
+) -> None:
+    env = {**aws_env(sqs_endpoint), "SQS_QUEUE_URL": queue_urls.queue_url}
+
+    result = _fetch_etl("seed", "--count", 4, "--seed", 8, env=env)
+
+    assert result.returncode == 0, _output(result)
+    assert queue_counts(sqs_client, queue_urls.queue_url) == (4, 0)
+
+
+@pytest.mark.parametrize("command", ["reveal", "rotate-key"])
+def test_an_unknown_masking_mode_is_a_usage_error_naming_the_choices(command: str) -> None:
+    result = _fetch_etl(command, "--mode", "sha1", env=clean_env())
+
+    assert result.returncode == 2, _output(result)
+    assert "'sha1' is not one of 'hmac', 'siv'" in result.stderr
+
+
+# --- fetch-etl dev ------------------------------------------------------------------------------
+
+
+def test_dev_runs_dagster_by_module_name_so_any_install_finds_the_definitions() -> None:
+    from fetch_etl.cli import dagster_dev_command
+
+    command = dagster_dev_command(3123)
+
+    assert command[1:4] == ["dev", "-m", "fetch_etl.definitions"]
+    assert "-w" not in command and not [part for part in command if "workspace.yaml" in part], (
+        "no workspace file: a normal install has no checkout to find it in"
+    )
+    assert command[-4:] == ["-h", "127.0.0.1", "-p", "3123"]
+
+
+def test_dev_is_not_hijacked_by_a_compose_env_file_in_the_working_directory(demo_workspace: DemoWorkspace) -> None:
+    """After the README's `cp .env.example .env`, Dagster's CLI would load container host names over the
+    local stack's settings; `fetch-etl dev` started from that directory must still drain its own queue."""
+    from fetch_etl.status import local_stack_env
+
+    shutil.copy(PROJECT_ROOT / ".env.example", demo_workspace.path / ".env")
+    state = demo_workspace.path / "state"
+    log = demo_workspace.path / "dev.log"
+    args = ["dev", "--messages", "3", "--port", str(closed_port()), "--state-dir", str(state)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(BIN / "fetch-etl"), *args],
+            cwd=demo_workspace.path,
+            env=clean_env(LOGIN_QUEUE_SENSOR_INTERVAL="1"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    rows, deadline = 0, time.monotonic() + 300  # generous: dev starts three Dagster processes on 2 shared cores
+    try:
+        while rows < 3 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(2)
+            with contextlib.suppress(Exception):  # the stack, then the table, appear as dev starts
+                rows = len(fetch_all(local_stack_env(state)["DATABASE_URL"], "SELECT user_id FROM user_logins"))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert rows == 3, log.read_text(errors="replace")[-12000:]
+    assert "Loaded environment variables from .env" not in log.read_text(errors="replace")
+    _gone, alive = psutil.wait_procs(processes_mentioning(str(state)), timeout=30)  # children exit after dev
+    assert not alive, f"dev left processes of its stack running: {[p.cmdline() for p in alive]}"

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRun, RunsFilter
 from dagster._core.code_pointer import ModuleCodePointer
+from dagster._core.instance.config import PoolGranularity
 from dagster._core.launcher import LaunchRunContext
 from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.run_coordinator import QueuedRunCoordinator
@@ -266,8 +267,10 @@ def test_instance_config_loads_on_postgres_with_the_run_queue(
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         queue = instance.get_concurrency_config().run_queue_config
         assert queue is not None and queue.max_concurrent_runs == 4
-        (ingest_key,) = INGEST_TAGS
-        assert list(queue.tag_concurrency_limits) == [{"key": ingest_key, "limit": 1}]
+        assert not queue.tag_concurrency_limits, "ingest runs are bounded by their pool, not by a tag"
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.pool_granularity == PoolGranularity.RUN and pools.default_pool_limit == 1
+        assert queue.should_block_op_concurrency_limited_runs
         assert type(instance.run_launcher).__name__ == launcher
         if launcher == "EcsRunLauncher":
             ecs = instance.run_launcher

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_TAGS
+from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_POOL, INGEST_TAGS
 from fetch_etl.local_servers import create_database, drop_database
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.synthetic import generate_bodies
@@ -137,6 +137,9 @@ def test_daemon_launches_a_sensor_run_through_the_queue_and_records_it_in_postgr
             assert run.status == DagsterRunStatus.SUCCESS, processes.logs()
             assert run.tags["dagster/sensor_name"] == "login_queue_sensor"
             assert {k: run.tags[k] for k in INGEST_TAGS} == INGEST_TAGS
+            # The run queue let it through its pool, whose limit the sensor keeps at SQS_MAX_PARALLEL_RUNS (1).
+            assert run.run_op_concurrency is not None and INGEST_POOL in run.run_op_concurrency.all_pools
+            assert instance.event_log_storage.get_concurrency_info(INGEST_POOL).slot_count == 1
             kinds = {e.dagster_event_type for e in instance.all_logs(run.run_id) if e.dagster_event_type}
             # Queued by the sensor, started by the run queue daemon, run by the code server.
             assert {DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING, DagsterEventType.RUN_SUCCESS} <= kinds

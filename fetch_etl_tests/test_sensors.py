@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -18,10 +18,10 @@ from dagster import (
 )
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.storage.dagster_run import DagsterRun
-from dagster._core.test_utils import create_run_for_test
+from dagster._core.test_utils import create_run_for_test, instance_for_test
 
 from fetch_etl.definitions import defs
-from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_TAGS
+from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_POOL, INGEST_TAGS
 from fetch_etl.local_stack import QueueUrls
 from fetch_etl.resources.sqs import SqsResource
 from fetch_etl.sensors import (
@@ -34,8 +34,6 @@ from fetch_etl.sensors import (
 from fetch_etl.synthetic import generate_bodies
 from fetch_etl_tests.helpers import closed_port, queue_counts, send, sqs_resource
 
-IMPLICIT_ASSET_JOB = "__ASSET_JOB"  # the job Dagster runs for 'Materialize' / 'Materialize all' in the UI
-
 
 @pytest.fixture
 def instance() -> Iterator[DagsterInstance]:
@@ -43,12 +41,33 @@ def instance() -> Iterator[DagsterInstance]:
         yield ephemeral
 
 
-def _create_run(instance: DagsterInstance, status: DagsterRunStatus, job_name: str, **kwargs: Any) -> DagsterRun:
-    """A run of `job_name` in `status`, as the run coordinator would record it (QUEUED runs name their origin)."""
-    if status == DagsterRunStatus.QUEUED:
-        repository = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("fetch_etl"), "__repository__")
-        kwargs["remote_job_origin"] = RemoteJobOrigin(repository, job_name)
-    run = create_run_for_test(instance, job_name=job_name, status=status, **kwargs)
+def _origin(job_name: str) -> RemoteJobOrigin:
+    """Where a QUEUED run says it comes from, as the run coordinator records it."""
+    repository = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("fetch_etl"), "__repository__")
+    return RemoteJobOrigin(repository, job_name)
+
+
+def _create_run(instance: DagsterInstance, status: DagsterRunStatus, job_name: str) -> DagsterRun:
+    """A run of some job outside this project (no step in any pool)."""
+    origin = _origin(job_name) if status == DagsterRunStatus.QUEUED else None
+    run = create_run_for_test(instance, job_name=job_name, status=status, remote_job_origin=origin)
+    assert run.status == status and run.run_op_concurrency is None
+    return run
+
+
+def _create_ingest_run(
+    instance: DagsterInstance, status: DagsterRunStatus, selection: Iterable[str] | None = None
+) -> DagsterRun:
+    """A run planned from our real definitions, as Dagster creates it: of `ingest_logins`, or, with a
+    selection, of the implicit asset job the UI's 'Materialize' / 'Materialize all' launches."""
+    if selection is None:
+        job = defs.resolve_job_def(INGEST_JOB_NAME)
+        assets = None
+    else:
+        job = defs.resolve_implicit_global_asset_job_def()
+        assets = frozenset(AssetKey(name) for name in selection)
+    origin = _origin(job.name) if status == DagsterRunStatus.QUEUED else None
+    run = instance.create_run_for_job(job, status=status, asset_selection=assets, remote_job_origin=origin)
     assert run.status == status
     return run
 
@@ -97,7 +116,7 @@ def test_an_active_ingest_run_blocks_a_new_request(
     status: DagsterRunStatus, instance: DagsterInstance, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
 ) -> None:
     send(sqs_client, queue_urls.queue_url, generate_bodies(3, seed=12))
-    active = _create_run(instance, status, INGEST_JOB_NAME)
+    active = _create_ingest_run(instance, status)
 
     message = _skip_message(_tick(instance, sqs_resource(sqs_endpoint, queue_urls)))
 
@@ -106,12 +125,15 @@ def test_an_active_ingest_run_blocks_a_new_request(
     assert queue_counts(sqs_client, queue_urls.queue_url) == (3, 0)
 
 
-def test_a_running_materialize_all_of_user_logins_counts_as_active(
-    instance: DagsterInstance, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
+@pytest.mark.parametrize(
+    "selection", [("raw_login_messages", "masked_logins", "user_logins"), ("user_logins",)], ids=["all", "table"]
+)
+def test_a_running_materialize_from_the_ui_counts_as_active_by_its_pool(
+    selection: tuple[str, ...], instance: DagsterInstance, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
 ) -> None:
     send(sqs_client, queue_urls.queue_url, generate_bodies(2, seed=13))
-    selection = frozenset(AssetKey(name) for name in ("raw_login_messages", "masked_logins", "user_logins"))
-    active = _create_run(instance, DagsterRunStatus.STARTED, IMPLICIT_ASSET_JOB, asset_selection=selection)
+    active = _create_ingest_run(instance, DagsterRunStatus.STARTED, selection)
+    assert active.job_name != INGEST_JOB_NAME and active.tags.get(next(iter(INGEST_TAGS))) is None
 
     assert active.run_id in _skip_message(_tick(instance, sqs_resource(sqs_endpoint, queue_urls)))
 
@@ -120,12 +142,10 @@ def test_finished_and_unrelated_runs_do_not_block(
     instance: DagsterInstance, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
 ) -> None:
     send(sqs_client, queue_urls.queue_url, generate_bodies(4, seed=14))
-    _create_run(instance, DagsterRunStatus.SUCCESS, INGEST_JOB_NAME)
-    _create_run(instance, DagsterRunStatus.FAILURE, INGEST_JOB_NAME)
+    _create_ingest_run(instance, DagsterRunStatus.SUCCESS)
+    _create_ingest_run(instance, DagsterRunStatus.FAILURE)
     _create_run(instance, DagsterRunStatus.STARTED, "some_other_job")
-    _create_run(
-        instance, DagsterRunStatus.STARTED, IMPLICIT_ASSET_JOB, asset_selection=frozenset({AssetKey("other_asset")})
-    )
+    _create_run(instance, DagsterRunStatus.QUEUED, "another_job")
 
     assert len(_run_requests(_tick(instance, sqs_resource(sqs_endpoint, queue_urls)))) == 1
 
@@ -134,7 +154,7 @@ def test_an_active_ingest_run_is_found_behind_many_other_active_runs(
     instance: DagsterInstance, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
 ) -> None:
     send(sqs_client, queue_urls.queue_url, generate_bodies(2, seed=15))
-    active = _create_run(instance, DagsterRunStatus.STARTED, INGEST_JOB_NAME)
+    active = _create_ingest_run(instance, DagsterRunStatus.STARTED)
     for _ in range(100):  # e.g. a backfill of another job waiting in the run queue
         _create_run(instance, DagsterRunStatus.STARTED, "some_other_job")
 
@@ -195,7 +215,7 @@ def test_a_backlog_fans_out_to_one_run_per_batch_up_to_the_cap(
         monkeypatch.setenv("SQS_MAX_PARALLEL_RUNS", cap)
     send(sqs_client, queue_urls.queue_url, generate_bodies(25, seed=16))
     for _ in range(active_runs):
-        _create_run(instance, DagsterRunStatus.STARTED, INGEST_JOB_NAME)
+        _create_ingest_run(instance, DagsterRunStatus.STARTED)
 
     requests = _run_requests(_tick(instance, sqs_resource(sqs_endpoint, queue_urls, max_messages_per_run=10)))
 
@@ -215,7 +235,7 @@ def test_no_request_once_the_active_runs_cover_the_backlog(
 ) -> None:
     monkeypatch.setenv("SQS_MAX_PARALLEL_RUNS", "4")
     send(sqs_client, queue_urls.queue_url, generate_bodies(25, seed=17))
-    active = [_create_run(instance, DagsterRunStatus.QUEUED, INGEST_JOB_NAME) for _ in range(3)]
+    active = [_create_ingest_run(instance, DagsterRunStatus.QUEUED) for _ in range(3)]
 
     message = _skip_message(_tick(instance, sqs_resource(sqs_endpoint, queue_urls, max_messages_per_run=10)))
 
@@ -226,3 +246,22 @@ def test_no_request_once_the_active_runs_cover_the_backlog(
 def test_runs_wanted_is_ceil_of_depth_over_batch_capped() -> None:
     assert [runs_wanted(depth, 10, 4) for depth in (1, 10, 11, 25, 40, 41, 10_000)] == [1, 1, 2, 3, 4, 4, 4]
     assert runs_wanted(25, 10, 1) == 1
+
+
+def test_every_step_that_touches_the_queue_is_in_the_ingest_pool() -> None:
+    pools = {name: defs.resolve_assets_def(name).op.pool for name in ("raw_login_messages", "user_logins")}
+    assert pools == {"raw_login_messages": INGEST_POOL, "user_logins": INGEST_POOL}
+
+
+@pytest.mark.parametrize("cap", ["1", "3"])
+def test_each_tick_keeps_the_pool_limit_at_sqs_max_parallel_runs(
+    cap: str, sqs_endpoint: str, queue_urls: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SQS_MAX_PARALLEL_RUNS", cap)
+    with instance_for_test() as instance:  # on-disk storage: pools supported, as in any deployment
+        assert instance.event_log_storage.supports_global_concurrency_limits
+        instance.event_log_storage.set_concurrency_slots(INGEST_POOL, 7)  # set by hand, or left from before
+
+        _skip_message(_tick(instance, sqs_resource(sqs_endpoint, queue_urls)))  # an empty queue: a skip
+
+        assert instance.event_log_storage.get_concurrency_info(INGEST_POOL).slot_count == int(cap)
