@@ -19,8 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl_tests.helpers import (
     FOO_BAR,
     TEST_KEY_HEX,

@@ -17,8 +17,7 @@ from dagster import (
     asset,
 )
 
-from fetch_etl import ack, batch, health
-from fetch_etl.asset_metadata import (
+from fetch_etl.defs.metadata import (
     TABLE_PREVIEW_COLUMNS,
     masked_logins_schema,
     rate,
@@ -26,9 +25,13 @@ from fetch_etl.asset_metadata import (
     user_logins_lineage,
     user_logins_schema,
 )
-from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
-from fetch_etl.resources.sqs_messages import QueueMessage, body_bytes
-from fetch_etl.warehouse import (
+from fetch_etl.logins import frame as login_frame
+from fetch_etl.logins.resource import PiiMaskingResource
+from fetch_etl.queue import ack
+from fetch_etl.queue.messages import QueueMessage, body_bytes
+from fetch_etl.queue.resource import SqsResource
+from fetch_etl.warehouse import probes
+from fetch_etl.warehouse.load import (
     check_mask_key,
     load_batch,
     migrate,
@@ -36,6 +39,7 @@ from fetch_etl.warehouse import (
     table_row_count,
     varchar_counts_bytes,
 )
+from fetch_etl.warehouse.resource import PostgresResource
 
 GROUP = "logins"
 PREVIEW_COLUMNS = ("user_id", "device_type", "masked_ip", "masked_device_id", "locale", "app_version")
@@ -57,7 +61,7 @@ def _run_throughput(context: AssetExecutionContext, count: int) -> dict[str, flo
 
 def masked_preview(frame: pd.DataFrame, rows: int = 5) -> str:
     """A markdown table of a few loadable rows: masked columns only, tokens shortened."""
-    sample = batch.loadable(frame).loc[:, list(PREVIEW_COLUMNS)].head(rows).copy()
+    sample = login_frame.loadable(frame).loc[:, list(PREVIEW_COLUMNS)].head(rows).copy()
     for column in ("masked_ip", "masked_device_id"):
         sample[column] = sample[column].map(lambda token: f"{token[:16]}…")
     return sample.to_markdown(index=False) if len(sample) else "_no loadable rows in this batch_"
@@ -123,14 +127,14 @@ def masked_logins(
     with postgres.connect() as conn:
         stored = stored_outcomes(conn, [m.key for m in raw_login_messages])
         limits_in_bytes = varchar_counts_bytes(conn)
-    frame = batch.mask_messages(
+    frame = login_frame.mask_messages(
         raw_login_messages,
         masker,
         max_receive_count=sqs.max_receive_count,
         stored=stored,
         limits_in_bytes=limits_in_bytes,
     )
-    summary = batch.stats(frame)
+    summary = login_frame.stats(frame)
     context.log.info(
         f"{summary.loadable} loadable, {summary.rejected} rejected {summary.rejected_by_reason}, "
         f"{summary.already_stored} already stored"
@@ -174,16 +178,16 @@ def user_logins(
     failure to acknowledge leaves the message for the next run, which recognises it from what is stored.
     """
     started = time.perf_counter()
-    summary = batch.stats(masked_logins)
+    summary = login_frame.stats(masked_logins)
     messages = ack.by_key(raw_login_messages)
-    loadable, rejected = batch.loadable(masked_logins), batch.rejected(masked_logins)
+    loadable, rejected = login_frame.loadable(masked_logins), login_frame.rejected(masked_logins)
     with postgres.connect() as conn:
         result = load_batch(conn, loadable, rejected)
         forwarding = ack.forward_dead_letters(conn, sqs, ack.dead_letter_keys(masked_logins, result), messages)
         total_rows = table_row_count(conn)
-        live_columns = health.table_columns(conn)
-        newest = health.newest_rows(conn, TABLE_PREVIEW_COLUMNS)
-        rejected_total = health.rejects_by_reason(conn)
+        live_columns = probes.table_columns(conn)
+        newest = probes.newest_rows(conn, TABLE_PREVIEW_COLUMNS)
+        rejected_total = probes.rejects_by_reason(conn)
     durable = ack.durable_keys(masked_logins, result, forwarding)
     failed = ack.acknowledge(sqs, messages, durable)
     extensions = sqs.release()  # whatever was not deleted comes back after one visibility timeout

@@ -21,9 +21,9 @@ from dagster import (
     sensor,
 )
 
-from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_TAGS, ingest_logins_job
-from fetch_etl.resources.sqs import SqsResource
-from fetch_etl.resources.sqs_messages import QueueError
+from fetch_etl.defs.jobs import INGEST_JOB_NAME, INGEST_TAGS, ingest_logins_job
+from fetch_etl.queue.messages import QueueError
+from fetch_etl.queue.resource import SqsResource
 
 DEFAULT_INTERVAL_SECONDS = 5  # a tick is one GetQueueAttributes call: cheap, and it bounds latency
 DEFAULT_MAX_PARALLEL_RUNS = 1

@@ -23,10 +23,12 @@ from dagster import (
     asset_check,
 )
 
-from fetch_etl import health, masking
-from fetch_etl.assets import user_logins
-from fetch_etl.resources import PostgresResource, SqsResource
-from fetch_etl.resources.sqs_messages import QueueError
+from fetch_etl.defs.assets import user_logins
+from fetch_etl.logins import masking
+from fetch_etl.queue.messages import QueueError
+from fetch_etl.queue.resource import SqsResource
+from fetch_etl.warehouse import probes
+from fetch_etl.warehouse.resource import PostgresResource
 
 REJECT_RATE_ENV = "REJECT_RATE_WARN_THRESHOLD"
 DEFAULT_REJECT_RATE_THRESHOLD = 0.05
@@ -57,7 +59,7 @@ class TokenShape:
         return self.pattern, self.shortest, self.longest
 
 
-# To add a mode: one entry here, named as in fetch_etl.masking.MASKING_MODES.
+# To add a mode: one entry here, named as in fetch_etl.logins.masking.MASKING_MODES.
 TOKEN_SHAPES: dict[str, TokenShape] = {
     # HMAC-SHA256 as hex.
     "hmac": TokenShape(r"^[0-9a-f]+$", 64, 64, "64 lowercase hex digits"),
@@ -67,7 +69,7 @@ TOKEN_SHAPES: dict[str, TokenShape] = {
 
 
 def accepted_shapes(modes: tuple[str, ...] | None = None) -> dict[str, TokenShape]:
-    """The shapes of the modes fetch_etl.masking offers now (a mode without a known shape accepts nothing)."""
+    """The shapes of the modes fetch_etl.logins.masking offers now (a mode without a known shape accepts nothing)."""
     return {mode: TOKEN_SHAPES[mode] for mode in (modes or masking.MASKING_MODES) if mode in TOKEN_SHAPES}
 
 
@@ -142,9 +144,9 @@ def batch_scope(context: AssetCheckExecutionContext) -> tuple[datetime | None, s
 def required_columns_not_null(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
     loaded_at, scope = batch_scope(context)
     with postgres.connect() as conn:
-        if not health.loaded_by_fetch_etl(conn):
+        if not probes.loaded_by_fetch_etl(conn):
             return AssetCheckResult(passed=False, description=NOT_LOADED_YET)
-        rows, nulls = health.null_counts(conn, loaded_at)
+        rows, nulls = probes.null_counts(conn, loaded_at)
     bad = {column: n for column, n in nulls.items() if n}
     return AssetCheckResult(
         passed=not bad,
@@ -161,9 +163,9 @@ def required_columns_not_null(context: AssetCheckExecutionContext, postgres: Pos
 def message_id_unique(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
     loaded_at, scope = batch_scope(context)
     with postgres.connect() as conn:
-        if not health.loaded_by_fetch_etl(conn):
+        if not probes.loaded_by_fetch_etl(conn):
             return AssetCheckResult(passed=False, description=NOT_LOADED_YET)
-        dupes = health.duplicate_message_ids(conn, loaded_at=loaded_at)
+        dupes = probes.duplicate_message_ids(conn, loaded_at=loaded_at)
     return AssetCheckResult(
         passed=dupes.message_ids == 0,
         description=(
@@ -193,9 +195,9 @@ def tokens_well_formed(context: AssetCheckExecutionContext, postgres: PostgresRe
     shapes = accepted_shapes()
     loaded_at, scope = batch_scope(context)
     with postgres.connect() as conn:
-        if not health.loaded_by_fetch_etl(conn):
+        if not probes.loaded_by_fetch_etl(conn):
             return AssetCheckResult(passed=False, description=NOT_LOADED_YET)
-        counts = health.token_shape_counts(conn, {mode: shape.sql() for mode, shape in shapes.items()}, loaded_at)
+        counts = probes.token_shape_counts(conn, {mode: shape.sql() for mode, shape in shapes.items()}, loaded_at)
     unknown = [mode for mode in masking.MASKING_MODES if mode not in TOKEN_SHAPES]
     bad = {column: n for column, n in counts.malformed.items() if n}
     problems = [f"{n} {column} tokens have no known shape" for column, n in bad.items()]
@@ -259,7 +261,7 @@ def reject_rate_below_threshold(context: AssetCheckExecutionContext) -> AssetChe
 )
 def dead_letter_queue_depth(sqs: SqsResource) -> AssetCheckResult:
     try:
-        url, depth = health.dlq_depth(sqs)
+        url, depth = probes.dlq_depth(sqs)
     except QueueError as err:
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, description=str(err))
     total = depth.visible + depth.in_flight + depth.delayed

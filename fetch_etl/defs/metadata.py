@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 from dagster import AssetKey, TableColumn, TableColumnDep, TableColumnLineage, TableSchema
 
-from fetch_etl.warehouse import LOGIN_COLUMNS
+from fetch_etl.warehouse.load import LOGIN_COLUMNS
 
 MASKED_LOGINS = AssetKey("masked_logins")
 TOKEN_PREVIEW_CHARS = 12

@@ -5,8 +5,8 @@
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
 from pydantic import Field
 
-from fetch_etl.redrive import redrive
-from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.ops.redrive import redrive
+from fetch_etl.queue.resource import SqsResource
 
 REDRIVE_JOB_NAME = "redrive_dead_letters"
 

@@ -20,9 +20,9 @@ from typing import Any
 
 from dagster import InitResourceContext, resource
 
-from fetch_etl.resources.masking import PiiMaskingResource
-from fetch_etl.resources.postgres import PostgresResource
-from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.logins.resource import PiiMaskingResource
+from fetch_etl.queue.resource import SqsResource
+from fetch_etl.warehouse.resource import PostgresResource
 
 SQS_ENV: dict[str, str] = {
     "queue_url": "SQS_QUEUE_URL",

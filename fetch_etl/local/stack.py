@@ -15,8 +15,8 @@ from typing import Any, NamedTuple, Self
 
 import boto3
 
-from fetch_etl.local_servers import EmbeddedPostgres, LocalStackError, MotoSqsServer
-from fetch_etl.resources.sqs_messages import DEFAULT_MAX_RECEIVE_COUNT
+from fetch_etl.local.servers import EmbeddedPostgres, LocalStackError, MotoSqsServer
+from fetch_etl.queue.messages import DEFAULT_MAX_RECEIVE_COUNT
 
 logger = logging.getLogger(__name__)
 AWS_REGION = "us-east-1"

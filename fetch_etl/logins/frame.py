@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from fetch_etl.masking import Masker, mask_device_ids, mask_ips, mask_optional
-from fetch_etl.records import LoginEvent, Rejection, maskable_pii, parse_login, sent_date, sent_time
-from fetch_etl.resources.sqs_messages import QueueMessage
-from fetch_etl.warehouse import LOGIN_COLUMNS, StoredOutcome
+from fetch_etl.logins.masking import Masker, mask_device_ids, mask_ips, mask_optional
+from fetch_etl.logins.records import LoginEvent, Rejection, maskable_pii, parse_login, sent_date, sent_time
+from fetch_etl.queue.messages import QueueMessage
+from fetch_etl.warehouse.load import LOGIN_COLUMNS, StoredOutcome
 
 STATUS_LOADABLE = "loadable"
 STATUS_REJECTED = "rejected"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from fetch_etl.masking import Masker, build_masker, load_key
+from fetch_etl.logins.masking import Masker, build_masker, load_key
 
 
 class PiiMaskingResource(ConfigurableResource):

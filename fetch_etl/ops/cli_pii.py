@@ -11,9 +11,9 @@ import os
 import click
 from tabulate import tabulate
 
-from fetch_etl import pii_admin
-from fetch_etl.masking import PII_FIELDS, MaskingKeyError, SivMasker, TokenError, load_key
-from fetch_etl.resources.warehouse_errors import DEFAULT_DATABASE_URL, WarehouseError
+from fetch_etl.logins.masking import PII_FIELDS, MaskingKeyError, SivMasker, TokenError, load_key
+from fetch_etl.ops import pii_admin
+from fetch_etl.warehouse.errors import DEFAULT_DATABASE_URL, WarehouseError
 
 log = logging.getLogger("fetch_etl")
 
@@ -94,7 +94,7 @@ def rotate_key(
     old_key_file: str | None, new_key_file: str | None, batch_size: int, mode: str, database_url: str
 ) -> None:
     """Re-encrypt siv tokens from the old key to the new one, a committed batch at a time; rerun to resume."""
-    from fetch_etl.resources.postgres import PostgresResource  # imports Dagster: only when run, not for --help
+    from fetch_etl.warehouse.resource import PostgresResource  # imports Dagster: only when run, not for --help
 
     try:
         pii_admin.require_siv(mode, pii_admin.HMAC_ROTATE_REFUSAL)

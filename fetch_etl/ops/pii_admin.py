@@ -19,10 +19,10 @@ from datetime import UTC, date, datetime
 import psycopg
 from psycopg import sql
 
-from fetch_etl import locks
-from fetch_etl.key_registry import retire_mask_key
-from fetch_etl.masking import PII_FIELDS, PiiField, SivMasker, TokenError, decode_siv_token, token_mode
-from fetch_etl.schema import migrate
+from fetch_etl.logins.masking import PII_FIELDS, PiiField, SivMasker, TokenError, decode_siv_token, token_mode
+from fetch_etl.warehouse import locks
+from fetch_etl.warehouse.key_registry import retire_mask_key
+from fetch_etl.warehouse.schema import migrate
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("fetch_etl.audit")
@@ -192,7 +192,7 @@ def reveal(
     audit_file: str | None = None,
 ) -> list[RevealedToken] | list[RevealedRow]:
     """Decrypt tokens given, or the tokens of selected rows; always writes exactly one audit line."""
-    from fetch_etl.resources.postgres import PostgresResource  # imports Dagster: only when used, not for --help
+    from fetch_etl.warehouse.resource import PostgresResource  # imports Dagster: only when used, not for --help
 
     postgres = PostgresResource(database_url=database_url)
     audit = RevealAudit(

@@ -19,9 +19,8 @@ from typing import Protocol
 
 from tabulate import tabulate
 
-from fetch_etl import health
-from fetch_etl.resources.sqs import SqsResource
-from fetch_etl.resources.sqs_messages import (
+from fetch_etl.ops.status import resources_from_env
+from fetch_etl.queue.messages import (
     MAX_BATCH,
     ORIGINAL_MESSAGE_ID,
     ORIGINAL_SENT_TIMESTAMP,
@@ -29,7 +28,8 @@ from fetch_etl.resources.sqs_messages import (
     QueueError,
     QueueMessage,
 )
-from fetch_etl.status import resources_from_env
+from fetch_etl.queue.resource import SqsResource
+from fetch_etl.warehouse import probes
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def redrive(
 
     A default DLQ that does not exist yet holds nothing: it is not created (a dry run changes nothing).
     """
-    dlq_url = health.dlq_url(sqs)
+    dlq_url = probes.dlq_url(sqs)
     if dlq_url is None:
         return RedriveResult(sqs.queue_url, "-", dry_run)
     return redrive_between(sqs.on_queue(dlq_url), sqs, reasons, limit, dry_run)

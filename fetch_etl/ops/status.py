@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from fetch_etl import health
-from fetch_etl.local_servers import LocalStackError
-from fetch_etl.resources.env import postgres_from_env, sqs_from_env
-from fetch_etl.resources.postgres import PostgresResource, WarehouseError
-from fetch_etl.resources.sqs import SqsResource
-from fetch_etl.resources.sqs_messages import QueueDepth, QueueError
+from fetch_etl.defs.resources import postgres_from_env, sqs_from_env
+from fetch_etl.local.servers import LocalStackError
+from fetch_etl.queue.messages import QueueDepth, QueueError
+from fetch_etl.queue.resource import SqsResource
+from fetch_etl.warehouse import probes
+from fetch_etl.warehouse.resource import PostgresResource, WarehouseError
 
 SENSOR_NAME = "login_queue_sensor"
 # dagster-daemon writes a heartbeat every 30 s; four missed ones mean no daemon is ticking sensors.
@@ -38,7 +38,7 @@ class QueueReport:
 @dataclass(frozen=True)
 class WarehouseReport:
     target: str
-    overview: health.WarehouseOverview | None = None
+    overview: probes.WarehouseOverview | None = None
     error: str | None = None
 
 
@@ -59,9 +59,9 @@ class StatusReport:
     warehouse: WarehouseReport
     sensor: SensorReport
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
-    policy: health.QueuePolicy | None = None
+    policy: probes.QueuePolicy | None = None
     max_receive_count: int | None = None  # SQS_MAX_RECEIVE_COUNT
-    dead_letters: health.DeadLetterAudit | None = None
+    dead_letters: probes.DeadLetterAudit | None = None
 
     @property
     def attention(self) -> list[str]:
@@ -242,7 +242,7 @@ def render(report: StatusReport) -> str:
 
 
 def resources_from_env(environ: Mapping[str, str]) -> tuple[SqsResource, PostgresResource]:
-    """The pipeline's own settings (resources/env.py), with short timeouts: a status call must be quick."""
+    """The pipeline's own settings (defs/resources.py), with short timeouts: a status call must be quick."""
     return sqs_from_env(environ, max_attempts=2), postgres_from_env(environ, connect_timeout=5)
 
 
@@ -252,7 +252,7 @@ def gather_queues(sqs: SqsResource) -> tuple[QueueReport, QueueReport]:
     except QueueError as err:
         queue = QueueReport(sqs.queue_url, error=str(err))
     try:
-        url, depth = health.dlq_depth(sqs)
+        url, depth = probes.dlq_depth(sqs)
         dlq = QueueReport(url, depth)
     except QueueError as err:
         dlq = QueueReport(sqs.dlq_url, error=str(err))
@@ -262,7 +262,7 @@ def gather_queues(sqs: SqsResource) -> tuple[QueueReport, QueueReport]:
 def gather_warehouse(postgres: PostgresResource) -> WarehouseReport:
     try:
         with postgres.connect() as conn:
-            return WarehouseReport(postgres.describe(), health.warehouse_overview(conn))
+            return WarehouseReport(postgres.describe(), probes.warehouse_overview(conn))
     except WarehouseError as err:
         return WarehouseReport(postgres.describe(), error=str(err))
 
@@ -287,7 +287,7 @@ def gather_sensor(environ: Mapping[str, str]) -> SensorReport:
     from dagster import DagsterInstance, DefaultSensorStatus
     from dagster._core.scheduler.instigation import InstigatorType
 
-    from fetch_etl.sensors import login_queue_sensor
+    from fetch_etl.defs.automation import login_queue_sensor
 
     try:
         with DagsterInstance.from_config(str(home)) as instance:
@@ -313,17 +313,17 @@ def gather_sensor(environ: Mapping[str, str]) -> SensorReport:
 
 def gather_ack_path(
     sqs: SqsResource, dlq: QueueReport, postgres: PostgresResource
-) -> tuple[health.QueuePolicy | None, health.DeadLetterAudit | None]:
+) -> tuple[probes.QueuePolicy | None, probes.DeadLetterAudit | None]:
     """(the queue's policy, the dead-letter audit), None for what could not be read: the table still prints."""
     try:
-        policy = health.queue_policy(sqs)
+        policy = probes.queue_policy(sqs)
     except QueueError:
         policy = None
     if dlq.url is None or dlq.error or not _total(dlq.depth or QueueDepth(0, 0, 0)):
         return policy, None
     try:
         with postgres.connect() as conn:
-            return policy, health.audit_dead_letters(sqs, dlq.url, conn)
+            return policy, probes.audit_dead_letters(sqs, dlq.url, conn)
     except (QueueError, WarehouseError):
         return policy, None
 
@@ -345,7 +345,7 @@ def gather(environ: Mapping[str, str]) -> StatusReport:
 
 def local_stack_env(state_dir: Path) -> dict[str, str]:
     """The settings of the local stack that `fetch-etl dev` or `demo` runs from `state_dir` (its pids.json)."""
-    from fetch_etl.local_stack import make_sqs_client
+    from fetch_etl.local.stack import make_sqs_client
 
     pids = state_dir / "pids.json"
     try:

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 import psycopg
 
-from fetch_etl import batch
-from fetch_etl.resources.sqs import SqsResource
-from fetch_etl.resources.sqs_messages import DeadLetter, QueueMessage
-from fetch_etl.warehouse import LoadResult, claim_rejects, record_forwarding
+from fetch_etl.logins import frame as login_frame
+from fetch_etl.queue.messages import DeadLetter, QueueMessage
+from fetch_etl.queue.resource import SqsResource
+from fetch_etl.warehouse.load import LoadResult, claim_rejects, record_forwarding
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,14 @@ def dead_letter_keys(frame: pd.DataFrame, load: LoadResult) -> list[str]:
     """Rejects of this batch that need their dead-letter copy: new ones (unless a login superseded them)
     and stored ones still awaiting it."""
     superseded = set(load.superseded)
-    new = [key for key in batch.keys_with_status(frame, batch.STATUS_REJECTED) if key not in superseded]
-    return [*new, *batch.keys_with_status(frame, batch.STATUS_AWAITING_DEAD_LETTER)]
+    new = [key for key in login_frame.keys_with_status(frame, login_frame.STATUS_REJECTED) if key not in superseded]
+    return [*new, *login_frame.keys_with_status(frame, login_frame.STATUS_AWAITING_DEAD_LETTER)]
 
 
 def durable_keys(frame: pd.DataFrame, load: LoadResult, forwarding: Forwarding) -> list[str]:
     """Keys whose outcome is durable now: these messages may be deleted from the queue."""
-    stored = batch.keys_with_status(
-        frame, batch.STATUS_LOADABLE, batch.STATUS_ALREADY_LOADED, batch.STATUS_ALREADY_DEAD_LETTERED
+    stored = login_frame.keys_with_status(
+        frame, login_frame.STATUS_LOADABLE, login_frame.STATUS_ALREADY_LOADED, login_frame.STATUS_ALREADY_DEAD_LETTERED
     )
     return list(dict.fromkeys([*stored, *load.superseded, *forwarding.durable]))
 

@@ -3,7 +3,7 @@
 Its fields, names, types, defaults and descriptions are dagster-aws 0.29.27's, so configuration written for
 dagster-aws resources works unchanged. We declare them here instead of subclassing because importing
 `dagster_aws` runs its package `__init__`, which eagerly imports all its components: seconds in every run
-process. fetch_etl_tests/test_aws_config.py keeps the two field sets equal.
+process. fetch_etl_tests/queue/test_aws_config.py keeps the two field sets equal.
 """
 
 from __future__ import annotations

@@ -19,12 +19,12 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from fetch_etl.resources.sqs_query import check_query_client, query_session
+from fetch_etl.queue.query import check_query_client, query_session
 
 if TYPE_CHECKING:
-    from fetch_etl.resources.sqs import SqsResource
+    from fetch_etl.queue.resource import SqsResource
 
-log = logging.getLogger("fetch_etl.resources.sqs")
+log = logging.getLogger("fetch_etl.queue.resource")
 PROTOCOLS = ("auto", "json", "query")
 # What `auto` learned each endpoint speaks, for the rest of the process.
 _protocol_by_endpoint: dict[str, str] = {}

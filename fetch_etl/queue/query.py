@@ -2,7 +2,7 @@
 
 boto3 >= 1.28.82 ships only SQS's JSON model; the LocalStack release in Fetch's reference image only speaks
 query and answers JSON with HTTP 500. botocore still has the query serializer, parser, signer and retry
-handlers: a session whose data path starts with `sqs_query_model/` (see the README there) builds a real
+handlers: a session whose data path starts with `query_model/` (see the README there) builds a real
 boto3 SQS client that speaks query, while sessions without it keep JSON in the same process.
 
 What is ours: the data path, and one guard. botocore reports an answer it cannot read as XML with a
@@ -20,7 +20,7 @@ import botocore.session
 from botocore.exceptions import BotoCoreError
 from botocore.parsers import ResponseParserError, ResponseParserFactory
 
-MODEL_DIR = Path(__file__).with_name("sqs_query_model")
+MODEL_DIR = Path(__file__).with_name("query_model")
 
 
 class UnreadableAnswerError(BotoCoreError):

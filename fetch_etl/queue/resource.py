@@ -22,9 +22,10 @@ from urllib.parse import urlsplit
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from pydantic import Field, PrivateAttr
 
-from fetch_etl.resources.aws_config import Boto3Configuration
-from fetch_etl.resources.sqs_heartbeat import VisibilityHeartbeat
-from fetch_etl.resources.sqs_messages import (
+from fetch_etl.queue.aws_config import Boto3Configuration
+from fetch_etl.queue.client import PROTOCOLS, learned_protocol, legacy_signature, make_client
+from fetch_etl.queue.heartbeat import VisibilityHeartbeat
+from fetch_etl.queue.messages import (
     DEFAULT_MAX_RECEIVE_COUNT,
     MAX_BATCH,
     MAX_MESSAGE_ATTRIBUTES,
@@ -39,8 +40,7 @@ from fetch_etl.resources.sqs_messages import (
     chunks,
     queue_message,
 )
-from fetch_etl.resources.sqs_protocol import PROTOCOLS, learned_protocol, legacy_signature, make_client
-from fetch_etl.resources.sqs_receive import ParallelReceiver
+from fetch_etl.queue.receiver import ParallelReceiver
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import psycopg
 
-from fetch_etl import locks
-from fetch_etl.locks import AdvisoryLock, LockWaitError
-from fetch_etl.masking import MaskingKeyError
+from fetch_etl.logins.masking import MaskingKeyError
+from fetch_etl.warehouse import locks
+from fetch_etl.warehouse.locks import AdvisoryLock, LockWaitError
 
 ROTATION_WAIT_SECONDS = 10.0  # a run rides out a short rotation, then stops
 REGISTRY_WAIT_SECONDS = 10.0  # another key check or a retire holds the registry for milliseconds

@@ -15,10 +15,10 @@ import pandas as pd
 import psycopg
 import psycopg.sql
 
-from fetch_etl.key_registry import check_mask_key as check_mask_key
-from fetch_etl.key_registry import retire_mask_key as retire_mask_key
-from fetch_etl.schema import USER_LOGINS_DDL as USER_LOGINS_DDL
-from fetch_etl.schema import migrate as migrate
+from fetch_etl.warehouse.key_registry import check_mask_key as check_mask_key
+from fetch_etl.warehouse.key_registry import retire_mask_key as retire_mask_key
+from fetch_etl.warehouse.schema import USER_LOGINS_DDL as USER_LOGINS_DDL
+from fetch_etl.warehouse.schema import migrate as migrate
 
 LOGIN_COLUMNS: tuple[str, ...] = (
     "message_id",

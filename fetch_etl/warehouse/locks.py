@@ -14,7 +14,7 @@ from enum import IntEnum
 
 import psycopg
 
-from fetch_etl.resources.warehouse_errors import WarehouseError
+from fetch_etl.warehouse.errors import WarehouseError
 
 POLL_SECONDS = 0.05
 

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fetch_etl.resources.sqs import SqsResource
-from fetch_etl.resources.sqs_messages import QueueDepth, QueueError, QueueMessage
+from fetch_etl.queue.messages import QueueDepth, QueueError, QueueMessage
+from fetch_etl.queue.resource import SqsResource
 
 # Rows that fetch-etl loaded itself; a pre-existing reference table may hold legacy rows without one.
 LOADED_BY_FETCH_ETL = "message_id IS NOT NULL"

@@ -11,7 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
 # Also importable from here, as before; defined apart so light importers skip Dagster.
-from fetch_etl.resources.warehouse_errors import DEFAULT_DATABASE_URL, WarehouseError, first_line
+from fetch_etl.warehouse.errors import DEFAULT_DATABASE_URL, WarehouseError, first_line
 
 # Always UTF8 on the wire, whatever the server encoding: on a SQL_ASCII database the client encoding
 # would otherwise be SQL_ASCII too, and psycopg then returns every text value as bytes.

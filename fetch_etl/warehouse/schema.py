@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from fetch_etl import locks
-from fetch_etl.resources.warehouse_errors import WarehouseError, first_line
+from fetch_etl.warehouse import locks
+from fetch_etl.warehouse.errors import WarehouseError, first_line
 
 LOCK_TIMEOUT_SECONDS = 3.0  # per attempt: how long one DDL statement may wait for its table lock
 MIGRATION_ATTEMPTS = 3

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.synthetic import generate_bodies
-from fetch_etl.warehouse import USER_LOGINS_DDL
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.warehouse.load import USER_LOGINS_DDL
 from fetch_etl_tests.helpers import (
     FOO_BAR,
     NOT_JSON,

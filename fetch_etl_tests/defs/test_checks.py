@@ -21,8 +21,8 @@ from dagster import (
     in_process_executor,
 )
 
-from fetch_etl import masking
-from fetch_etl.checks import (
+from fetch_etl.definitions import defs as project_defs
+from fetch_etl.defs.checks import (
     DEFAULT_REJECT_RATE_THRESHOLD,
     NOT_LOADED_YET,
     TOKEN_SHAPES,
@@ -32,10 +32,10 @@ from fetch_etl.checks import (
     reject_rate_threshold,
     token_mode,
 )
-from fetch_etl.definitions import defs as project_defs
-from fetch_etl.jobs import INGEST_JOB_NAME, ingest_logins_job
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.defs.jobs import INGEST_JOB_NAME, ingest_logins_job
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.logins import masking
 from fetch_etl_tests.helpers import ASSETS, TEST_KEY_HEX, execute, fetch_all, resources, send, sqs_resource
 
 FOO_BAR = '{"foo": "oops_wrong_msg_type", "bar": "123"}'

@@ -9,16 +9,16 @@ import psycopg
 import pytest
 from dagster import AssetKey, TableColumnLineage, TableSchema
 
-from fetch_etl.asset_metadata import (
+from fetch_etl.definitions import defs
+from fetch_etl.defs.metadata import (
     TOKEN_PREVIEW_CHARS,
     rows_preview,
     user_logins_lineage,
 )
-from fetch_etl.definitions import defs
-from fetch_etl.health import table_columns
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.synthetic import generate_bodies
-from fetch_etl.warehouse import LOGIN_COLUMNS, migrate
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.warehouse.load import LOGIN_COLUMNS, migrate
+from fetch_etl.warehouse.probes import table_columns
 from fetch_etl_tests.helpers import fetch_all, login_body, metadata, resources, run_pipeline, send
 
 FOO_BAR = '{"foo": "oops_wrong_msg_type", "bar": "123"}'

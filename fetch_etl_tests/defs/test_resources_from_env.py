@@ -20,13 +20,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.env import SQS_ENV, sqs_from_env
-from fetch_etl.status import gather
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.defs.resources import SQS_ENV, sqs_from_env
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.ops.status import gather
 from fetch_etl_tests.helpers import TEST_KEY_HEX, clean_env, fetch_all, pipeline_env, queue_counts, send
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TOKEN = "FwoGZXIvYXdzEXAMPLEsessiontoken"
 

@@ -21,17 +21,17 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.test_utils import create_run_for_test
 
 from fetch_etl.definitions import defs
-from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_TAGS
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs import SqsResource
-from fetch_etl.sensors import (
+from fetch_etl.defs.automation import (
     DEFAULT_INTERVAL_SECONDS,
     login_queue_sensor,
     max_parallel_runs,
     runs_wanted,
     sensor_interval,
 )
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.defs.jobs import INGEST_JOB_NAME, INGEST_TAGS
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.queue.resource import SqsResource
 from fetch_etl_tests.helpers import closed_port, queue_counts, send, sqs_resource
 
 IMPLICIT_ASSET_JOB = "__ASSET_JOB"  # the job Dagster runs for 'Materialize' / 'Materialize all' in the UI

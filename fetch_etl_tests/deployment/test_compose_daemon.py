@@ -23,10 +23,10 @@ import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from fetch_etl.jobs import INGEST_JOB_NAME, INGEST_TAGS
-from fetch_etl.local_servers import create_database, drop_database
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.defs.jobs import INGEST_JOB_NAME, INGEST_TAGS
+from fetch_etl.local.servers import create_database, drop_database
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl_tests.deploy_env import ROOT, dagster_home, dagster_pg_env
 from fetch_etl_tests.helpers import FOO_BAR, TEST_KEY_HEX, clean_env, fetch_all, pipeline_env, queue_counts, send
 from fetch_etl_tests.legacy_sqs import LegacySqsDouble

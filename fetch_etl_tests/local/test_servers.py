@@ -20,14 +20,14 @@ import psutil
 import psycopg
 import pytest
 
-from fetch_etl.local_servers import (
+from fetch_etl.local.servers import (
     EmbeddedPostgres,
     LocalStackError,
     MotoSqsServer,
     create_database,
     drop_database,
 )
-from fetch_etl.local_stack import LocalStack, QueueUrls, ensure_dev_masking_key, make_sqs_client
+from fetch_etl.local.stack import LocalStack, QueueUrls, ensure_dev_masking_key, make_sqs_client
 
 
 def _gone(pid: int) -> bool:
@@ -69,7 +69,7 @@ def test_embedded_postgres_replaces_server_left_by_crashed_run(tmp_path: Path) -
     crashed = textwrap.dedent(f"""
         import os
         from pathlib import Path
-        from fetch_etl.local_servers import EmbeddedPostgres
+        from fetch_etl.local.servers import EmbeddedPostgres
         server = EmbeddedPostgres(Path({str(data_dir)!r}))
         server.start()
         print(server.pid, flush=True)

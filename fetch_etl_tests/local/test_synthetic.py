@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fetch_etl.synthetic import LOGIN_KEYS, generate_bodies
+from fetch_etl.local.synthetic import LOGIN_KEYS, generate_bodies
 
 VERSION_FORMS = {
     "X.Y.Z": re.compile(r"\d\.\d\.\d"),

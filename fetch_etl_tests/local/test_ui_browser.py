@@ -29,8 +29,8 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.scheduler.instigation import InstigatorType
 
-from fetch_etl.local_stack import LocalStack, make_sqs_client
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.stack import LocalStack, make_sqs_client
+from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl_tests.helpers import fetch_all, processes_mentioning, send
 
 # Playwright is its own dependency group (`browser`), not installed by a plain `uv run`; CI installs it.
@@ -53,7 +53,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 BIN = Path(sys.executable).parent
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 UI_TIMEOUT_MS = 60_000  # generous: on 2 cores the first page load also compiles the code location
 RUN_TIMEOUT_MS = 120_000
 NODES = ("raw_login_messages", "masked_logins", "user_logins")

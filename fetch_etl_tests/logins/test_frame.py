@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fetch_etl.batch import (
+from fetch_etl.logins.frame import (
     BATCH_COLUMNS,
     STATUS_LOADABLE,
     STATUS_REJECTED,
@@ -22,9 +22,9 @@ from fetch_etl.batch import (
     rejected,
     stats,
 )
-from fetch_etl.masking import HmacMasker
-from fetch_etl.resources.sqs_messages import MAX_BATCH, MAX_BATCH_BYTES, DeadLetter, QueueMessage, batches_by_size
-from fetch_etl.warehouse import LOGIN_COLUMNS
+from fetch_etl.logins.masking import HmacMasker
+from fetch_etl.queue.messages import MAX_BATCH, MAX_BATCH_BYTES, DeadLetter, QueueMessage, batches_by_size
+from fetch_etl.warehouse.load import LOGIN_COLUMNS
 
 KEY = bytes(range(32))
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fetch_etl.masking import (
+from fetch_etl.logins.masking import (
     MIN_KEY_BYTES,
     HmacMasker,
     MaskingKeyError,

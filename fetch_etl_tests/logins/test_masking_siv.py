@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fetch_etl.masking import (
+from fetch_etl.logins.masking import (
     MASKING_MODES,
     PII_FIELDS,
     SIV_MAX_VALUE_BYTES,
@@ -36,7 +36,7 @@ from fetch_etl.masking import (
     mask_optional,
     token_mode,
 )
-from fetch_etl.records import DEVICE_ID_MAX_BYTES, IP_MAX_BYTES
+from fetch_etl.logins.records import DEVICE_ID_MAX_BYTES, IP_MAX_BYTES
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -298,7 +298,7 @@ def test_not_a_plain_sha256_dictionary_in_either_mode() -> None:
 
 _CHILD = """
 import json, sys
-from fetch_etl.masking import build_masker, mask_device_ids, mask_ips
+from fetch_etl.logins.masking import build_masker, mask_device_ids, mask_ips
 values = json.load(sys.stdin)
 out = {}
 for mode in ("hmac", "siv"):

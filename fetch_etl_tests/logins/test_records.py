@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fetch_etl.records import (
+from fetch_etl.logins.records import (
     DEVICE_TYPE_MAX,
     LOCALE_MAX,
     USER_ID_MAX,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fetch_etl.records import DEVICE_ID_MAX_BYTES, IP_MAX_BYTES, LoginEvent, Rejection, maskable_pii, parse_login
+from fetch_etl.logins.records import DEVICE_ID_MAX_BYTES, IP_MAX_BYTES, LoginEvent, Rejection, maskable_pii, parse_login
 from fetch_etl_tests.helpers import login_body
 
 MARKER_IP = "203.0.113.99"

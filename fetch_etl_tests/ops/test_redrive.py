@@ -17,8 +17,8 @@ from click.testing import CliRunner, Result
 
 from fetch_etl.cli import main
 from fetch_etl.definitions import defs
-from fetch_etl.local_stack import LOCAL_REDRIVE_MAX_RECEIVE_COUNT, QueueUrls
-from fetch_etl.redrive import redrive
+from fetch_etl.local.stack import LOCAL_REDRIVE_MAX_RECEIVE_COUNT, QueueUrls
+from fetch_etl.ops.redrive import redrive
 from fetch_etl_tests.helpers import aws_env as subprocess_env
 from fetch_etl_tests.helpers import drain, login_body, queue_counts, send, sqs_resource
 from fetch_etl_tests.sqs_fault_proxy import SqsFaultProxy

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from fetch_etl import pii_admin
 from fetch_etl.cli import main
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.masking import SivMasker, TokenError, key_fingerprint
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.logins.masking import SivMasker, TokenError, key_fingerprint
+from fetch_etl.ops import pii_admin
 from fetch_etl_tests.helpers import (
     TEST_KEY_HEX,
     clean_env,

@@ -13,12 +13,12 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from fetch_etl import pii_admin
 from fetch_etl.cli import main
-from fetch_etl.locks import AdvisoryLock
-from fetch_etl.masking import HmacMasker, PiiField, SivMasker, TokenError
-from fetch_etl.resources.postgres import PostgresResource
-from fetch_etl.warehouse import migrate
+from fetch_etl.logins.masking import HmacMasker, PiiField, SivMasker, TokenError
+from fetch_etl.ops import pii_admin
+from fetch_etl.warehouse.load import migrate
+from fetch_etl.warehouse.locks import AdvisoryLock
+from fetch_etl.warehouse.resource import PostgresResource
 from fetch_etl_tests.helpers import clean_env, execute, fetch_all
 
 BIN = Path(sys.executable).parent

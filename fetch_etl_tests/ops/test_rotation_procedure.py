@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.masking import SivMasker
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.logins.masking import SivMasker
 from fetch_etl_tests.helpers import (
     FOO_BAR,
     clean_env,
@@ -21,7 +21,7 @@ from fetch_etl_tests.helpers import (
     send,
 )
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 BIN = Path(sys.executable).parent
 OLD_KEY_HEX = bytes(range(32)).hex()
 

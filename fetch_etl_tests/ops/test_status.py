@@ -19,10 +19,9 @@ from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteInst
 from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus
 from dagster._daemon.types import DaemonHeartbeat
 
-from fetch_etl.health import WarehouseOverview
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs_messages import QueueDepth
-from fetch_etl.status import (
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.ops.status import (
     DAEMON_HEARTBEAT_TOLERANCE_S,
     QueueReport,
     SensorReport,
@@ -34,11 +33,12 @@ from fetch_etl.status import (
     render,
     sensor_verdict,
 )
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.queue.messages import QueueDepth
+from fetch_etl.warehouse.probes import WarehouseOverview
 from fetch_etl_tests.helpers import FOO_BAR, closed_port, resources, run_pipeline, send
 
 BIN = Path(sys.executable).parent
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PIPELINE_ENV_PREFIXES = ("AWS_", "SQS_", "PII_MASKING_", "DAGSTER_", "LOGIN_QUEUE_")
 
 

@@ -8,10 +8,10 @@ from uuid import uuid4
 
 import pytest
 
-from fetch_etl.local_servers import create_database, drop_database
-from fetch_etl.local_stack import QueueUrls, create_queue_pair
-from fetch_etl.masking import HmacMasker, PiiField, SivMasker, token_mode
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.servers import create_database, drop_database
+from fetch_etl.local.stack import QueueUrls, create_queue_pair
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.logins.masking import HmacMasker, PiiField, SivMasker, token_mode
 from fetch_etl_tests.helpers import TEST_KEY_HEX, fetch_all, metadata, resources, run_pipeline, send
 
 KEY = bytes.fromhex(TEST_KEY_HEX)

@@ -21,8 +21,8 @@ import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult
 from psycopg import sql
 
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.masking import MASKING_MODES, PiiField, build_masker
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.logins.masking import MASKING_MODES, PiiField, build_masker
 from fetch_etl_tests.helpers import (
     TEST_KEY_HEX,
     execute,

@@ -1,6 +1,6 @@
 """The decision and the ack plan on their own: which messages are evaluated, forwarded and deleted.
 
-Pure functions (no servers): `batch.stored_status` decides from what is stored, `ack.dead_letter_keys` and
+Pure functions (no servers): `login_frame.stored_status` decides from what is stored, `ack.dead_letter_keys` and
 `ack.durable_keys` say what to forward and what may be deleted. The end-to-end proofs are in
 test_ack_faults.py.
 """
@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from fetch_etl import ack, batch
-from fetch_etl.masking import HmacMasker
-from fetch_etl.resources.sqs_messages import DeadLetter, QueueMessage, queue_message
-from fetch_etl.warehouse import LoadResult, StoredOutcome
+from fetch_etl.logins import frame as login_frame
+from fetch_etl.logins.masking import HmacMasker
+from fetch_etl.queue import ack
+from fetch_etl.queue.messages import DeadLetter, QueueMessage, queue_message
+from fetch_etl.warehouse.load import LoadResult, StoredOutcome
 from fetch_etl_tests.helpers import FOO_BAR, login_body
 
 MASKER = HmacMasker(bytes(range(32)))
@@ -33,32 +34,34 @@ def message(mid: str, body: str = "", receive_count: int = 1, **attrs: str) -> Q
     ("stored", "expected"),
     [
         (None, None),
-        (LOADED, batch.STATUS_ALREADY_LOADED),
-        (FORWARDED, batch.STATUS_ALREADY_DEAD_LETTERED),
-        (AWAITING, batch.STATUS_AWAITING_DEAD_LETTER),
+        (LOADED, login_frame.STATUS_ALREADY_LOADED),
+        (FORWARDED, login_frame.STATUS_ALREADY_DEAD_LETTERED),
+        (AWAITING, login_frame.STATUS_AWAITING_DEAD_LETTER),
     ],
 )
 def test_a_stored_outcome_decides_a_plain_message(stored: StoredOutcome | None, expected: str | None) -> None:
-    assert batch.stored_status(message("m"), stored) == expected
+    assert login_frame.stored_status(message("m"), stored) == expected
 
 
 def test_a_new_redrive_is_evaluated_afresh_once() -> None:
     redriven = message("copy", original_message_id="orig", redriven_at=REDRIVE)
-    assert batch.stored_status(redriven, FORWARDED) is None, "a new redrive of a reject is evaluated again"
+    assert login_frame.stored_status(redriven, FORWARDED) is None, "a new redrive of a reject is evaluated again"
     evaluated = StoredOutcome(loaded=False, rejected=True, dead_lettered=True, redriven_at=REDRIVE_TIME)
-    assert batch.stored_status(redriven, evaluated) == batch.STATUS_ALREADY_DEAD_LETTERED, "but only once"
-    assert batch.stored_status(redriven, LOADED) == batch.STATUS_ALREADY_LOADED, "a stored login always wins"
+    assert login_frame.stored_status(redriven, evaluated) == login_frame.STATUS_ALREADY_DEAD_LETTERED, "but only once"
+    assert login_frame.stored_status(redriven, LOADED) == login_frame.STATUS_ALREADY_LOADED, (
+        "a stored login always wins"
+    )
     garbled = message("copy", original_message_id="orig", redriven_at="yesterday")
-    assert batch.stored_status(garbled, FORWARDED) == batch.STATUS_ALREADY_DEAD_LETTERED
+    assert login_frame.stored_status(garbled, FORWARDED) == login_frame.STATUS_ALREADY_DEAD_LETTERED
 
 
 def test_only_a_message_without_a_stored_outcome_can_become_poison() -> None:
     messages = [message("loaded", receive_count=50), message("fresh", receive_count=50)]
-    frame = batch.mask_messages(messages, MASKER, max_receive_count=10, stored={"loaded": LOADED})
+    frame = login_frame.mask_messages(messages, MASKER, max_receive_count=10, stored={"loaded": LOADED})
     status = dict(zip(frame["message_id"], frame["status"], strict=True))
-    assert status == {"loaded": batch.STATUS_ALREADY_LOADED, "fresh": batch.STATUS_REJECTED}
+    assert status == {"loaded": login_frame.STATUS_ALREADY_LOADED, "fresh": login_frame.STATUS_REJECTED}
     assert frame.loc[frame["message_id"] == "fresh", "reason_code"].item() == "poison"
-    assert batch.stats(frame).already_stored == 1
+    assert login_frame.stats(frame).already_stored == 1
 
 
 def test_a_redriven_copy_is_keyed_by_its_original_id_and_keeps_its_sent_date() -> None:
@@ -75,7 +78,7 @@ def test_a_redriven_copy_is_keyed_by_its_original_id_and_keeps_its_sent_date() -
     }
     copy = queue_message(raw)
     assert (copy.message_id, copy.key, copy.sent_timestamp) == ("copy-id", "orig-id", "1700000000000")
-    frame = batch.mask_messages([copy], MASKER)
+    frame = login_frame.mask_messages([copy], MASKER)
     row = frame.iloc[0]
     assert (row["message_id"], str(row["create_date"]), row["redriven_at"]) == ("orig-id", "2023-11-14", REDRIVE_TIME)
     letter = DeadLetter(copy, "not_a_login", "why")
@@ -96,7 +99,7 @@ def test_the_ack_plan_deletes_exactly_what_is_durable() -> None:
         message("elsewhere", FOO_BAR),
     ]
     stored = {"was-loaded": LOADED, "was-forwarded": FORWARDED, "awaiting": AWAITING}
-    frame = batch.mask_messages(messages, MASKER, stored=stored)
+    frame = login_frame.mask_messages(messages, MASKER, stored=stored)
     load = LoadResult(staged=1, inserted=1, rejects_recorded=3, superseded=["superseded"])
 
     to_forward = ack.dead_letter_keys(frame, load)
@@ -122,7 +125,7 @@ def test_every_copy_of_a_key_is_acknowledged_together() -> None:
 
 
 def test_sent_time_reads_sqs_epoch_milliseconds() -> None:
-    from fetch_etl.records import sent_time
+    from fetch_etl.logins.records import sent_time
 
     assert sent_time("1700000000000") == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
     assert sent_time("garbage") is None

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from fetch_etl.resources.aws_config import Boto3Configuration
-from fetch_etl.resources.sqs import SqsResource
+from fetch_etl.queue.aws_config import Boto3Configuration
+from fetch_etl.queue.resource import SqsResource
 
 
 def test_our_boto3_fields_equal_dagster_aws_ones() -> None:

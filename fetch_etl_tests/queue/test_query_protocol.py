@@ -19,11 +19,11 @@ import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs import SqsResource
-from fetch_etl.resources.sqs_messages import QueueError
-from fetch_etl.resources.sqs_protocol import legacy_signature
-from fetch_etl.resources.sqs_query import UnreadableAnswerError
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.queue.client import legacy_signature
+from fetch_etl.queue.messages import QueueError
+from fetch_etl.queue.query import UnreadableAnswerError
+from fetch_etl.queue.resource import SqsResource
 from fetch_etl_tests.helpers import closed_port, send, sqs_resource
 from fetch_etl_tests.legacy_sqs import LegacySqsDouble
 from fetch_etl_tests.localstack_legacy import query_client

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs_messages import QueueMessage
-from fetch_etl.resources.sqs_protocol import pool_size
-from fetch_etl.resources.sqs_receive import ParallelReceiver
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.queue.client import pool_size
+from fetch_etl.queue.messages import QueueMessage
+from fetch_etl.queue.receiver import ParallelReceiver
 from fetch_etl_tests.helpers import queue_counts, send, sqs_resource
 
 

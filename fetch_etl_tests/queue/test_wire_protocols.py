@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs_messages import QueueError
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.queue.messages import QueueError
 from fetch_etl_tests.helpers import (
     FOO_BAR,
     TEST_KEY_HEX,

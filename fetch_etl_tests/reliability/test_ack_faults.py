@@ -10,11 +10,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fetch_etl.local_stack import QueueUrls, create_queue_pair
-from fetch_etl.redrive import redrive
-from fetch_etl.resources.sqs_messages import DEFAULT_MAX_RECEIVE_COUNT
-from fetch_etl.status import gather
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.stack import QueueUrls, create_queue_pair
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.ops.redrive import redrive
+from fetch_etl.ops.status import gather
+from fetch_etl.queue.messages import DEFAULT_MAX_RECEIVE_COUNT
 from fetch_etl_tests.helpers import (
     FOO_BAR,
     NOT_JSON,

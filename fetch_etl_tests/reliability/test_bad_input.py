@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl_tests.helpers import (
     FOO_BAR,
     drain,

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources import PostgresResource, SqsResource
-from fetch_etl.resources.postgres import WarehouseError
-from fetch_etl.resources.sqs_messages import QueueError
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.queue.messages import QueueError
+from fetch_etl.queue.resource import SqsResource
+from fetch_etl.warehouse.resource import PostgresResource, WarehouseError
 from fetch_etl_tests.helpers import closed_port, queue_counts, resources, run_pipeline, send, sqs_resource
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from fetch_etl.local_stack import QueueUrls
+from fetch_etl.local.stack import QueueUrls
 from fetch_etl_tests.helpers import drain, sqs_resource
 from fetch_etl_tests.sqs_fault_proxy import SqsFaultProxy
 

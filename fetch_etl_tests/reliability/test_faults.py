@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
-from fetch_etl import warehouse
-from fetch_etl.local_servers import EmbeddedPostgres, create_database
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.sensors import login_queue_sensor
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.defs.automation import login_queue_sensor
+from fetch_etl.local.servers import EmbeddedPostgres, create_database
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.warehouse import load as warehouse_load
 from fetch_etl_tests.fault_runner import KILL_POINTS
 from fetch_etl_tests.helpers import (
     FOO_BAR,
@@ -43,7 +43,7 @@ from fetch_etl_tests.helpers import (
     wait_until_none_in_flight,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -215,7 +215,7 @@ def test_postgres_going_down_mid_load_fails_clearly_and_deletes_nothing(
 ) -> None:
     database_url = create_database(stoppable_postgres.url("postgres"), "warehouse")
     valid, rejected = seed_batch(sqs_client, queue_urls.queue_url, valid=20)
-    original_insert: Callable[..., Any] = warehouse._insert_logins
+    original_insert: Callable[..., Any] = warehouse_load._insert_logins
     in_transaction: list[tuple[int, int]] = []
 
     def insert_then_stop_server(cur: Any, *args: Any, **kwargs: Any) -> Any:
@@ -224,14 +224,14 @@ def test_postgres_going_down_mid_load_fails_clearly_and_deletes_nothing(
         stoppable_postgres.stop()  # "fast" shutdown: the server aborts the open load transaction
         return inserted, path
 
-    monkeypatch.setattr(warehouse, "_insert_logins", insert_then_stop_server)
+    monkeypatch.setattr(warehouse_load, "_insert_logins", insert_then_stop_server)
     sqs = sqs_resource(sqs_endpoint, queue_urls, visibility_timeout=3)
     failed = run_pipeline(resources(sqs_endpoint, queue_urls, database_url, sqs=sqs), raise_on_error=False)
     assert not failed.success
     assert "database 'warehouse' on 127.0.0.1:" in _step_error(failed)
     ((inserted, seen),) = in_transaction
     assert inserted == seen > 0, "the server went away inside the load, after the COPY, before the commit"
-    monkeypatch.setattr(warehouse, "_insert_logins", original_insert)
+    monkeypatch.setattr(warehouse_load, "_insert_logins", original_insert)
 
     wait_until_none_in_flight(sqs_client, queue_urls.queue_url)  # the failed run let go; back within 3 s
     assert queue_counts(sqs_client, queue_urls.queue_url) == (22, 0), "nothing deleted"

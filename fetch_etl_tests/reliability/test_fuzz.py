@@ -18,10 +18,10 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fetch_etl.batch import loadable, mask_messages, rejected
-from fetch_etl.masking import HmacMasker
-from fetch_etl.resources.sqs_messages import QueueMessage
-from fetch_etl.warehouse import load_batch, migrate
+from fetch_etl.logins.frame import loadable, mask_messages, rejected
+from fetch_etl.logins.masking import HmacMasker
+from fetch_etl.queue.messages import QueueMessage
+from fetch_etl.warehouse.load import load_batch, migrate
 
 MIN_BODIES = 10_000
 BATCHES = 260

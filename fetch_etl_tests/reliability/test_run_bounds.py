@@ -17,11 +17,11 @@ from uuid import uuid4
 import pytest
 
 from benchmarks.relay import DelayRelay
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.sqs_heartbeat import VisibilityHeartbeat
-from fetch_etl.resources.sqs_messages import QueueMessage
-from fetch_etl.resources.sqs_receive import ParallelReceiver
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.queue.heartbeat import VisibilityHeartbeat
+from fetch_etl.queue.messages import QueueMessage
+from fetch_etl.queue.receiver import ParallelReceiver
 from fetch_etl_tests.helpers import (
     TEST_KEY_HEX,
     fetch_all,
@@ -34,7 +34,7 @@ from fetch_etl_tests.helpers import (
     sqs_resource,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -9,9 +9,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from fetch_etl import assets, pii_admin
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.masking import SivMasker
+from fetch_etl.defs import assets
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.logins.masking import SivMasker
+from fetch_etl.ops import pii_admin
 from fetch_etl_tests.helpers import (
     closed_port,
     fetch_all,
@@ -22,8 +23,8 @@ from fetch_etl_tests.helpers import (
     sqs_resource,
 )
 from fetch_etl_tests.legacy_sqs import LegacySqsDouble
+from fetch_etl_tests.reliability.test_faults import assert_exactly_once, seed_batch
 from fetch_etl_tests.sqs_fault_proxy import SqsFaultProxy
-from fetch_etl_tests.test_faults import assert_exactly_once, seed_batch
 
 KEY_A, KEY_B = "0a" * 32, "0b" * 32
 

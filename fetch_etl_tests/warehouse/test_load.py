@@ -9,10 +9,10 @@ from typing import Any
 import pandas as pd
 import psycopg
 
-from fetch_etl.batch import loadable, mask_messages, rejected
-from fetch_etl.masking import HmacMasker
-from fetch_etl.resources.sqs_messages import QueueMessage
-from fetch_etl.warehouse import LOGIN_COLUMNS, load_batch, migrate
+from fetch_etl.logins.frame import loadable, mask_messages, rejected
+from fetch_etl.logins.masking import HmacMasker
+from fetch_etl.queue.messages import QueueMessage
+from fetch_etl.warehouse.load import LOGIN_COLUMNS, load_batch, migrate
 from fetch_etl_tests.helpers import FOO_BAR, TEST_KEY_HEX, login_body
 
 MASKER = HmacMasker(bytes.fromhex(TEST_KEY_HEX))

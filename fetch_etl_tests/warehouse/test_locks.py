@@ -10,16 +10,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from fetch_etl import locks, pii_admin
-from fetch_etl.key_registry import RotationInProgressError, check_mask_key
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.locks import AdvisoryLock, LockWaitError
-from fetch_etl.masking import MaskingKeyError
-from fetch_etl.resources.postgres import PostgresResource
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.logins.masking import MaskingKeyError
+from fetch_etl.ops import pii_admin
+from fetch_etl.warehouse import locks
+from fetch_etl.warehouse.key_registry import RotationInProgressError, check_mask_key
+from fetch_etl.warehouse.locks import AdvisoryLock, LockWaitError
+from fetch_etl.warehouse.resource import PostgresResource
 from fetch_etl_tests.helpers import login_body, queue_counts, resources, run_pipeline, send
-from fetch_etl_tests.test_rotate_key import NEW, OLD, _fill
+from fetch_etl_tests.ops.test_rotate_key import NEW, OLD, _fill
 
-PACKAGE = Path(__file__).resolve().parent.parent / "fetch_etl"
+PACKAGE = Path(__file__).resolve().parents[2] / "fetch_etl"
 
 
 def _connect(database_url: str) -> Any:

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
-from fetch_etl import schema
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.postgres import PostgresResource
-from fetch_etl.schema import MigrationError, migrate
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.warehouse import schema
+from fetch_etl.warehouse.resource import PostgresResource
+from fetch_etl.warehouse.schema import MigrationError, migrate
 from fetch_etl_tests.helpers import (
     FOO_BAR,
     NoDeleteSqs,

@@ -12,10 +12,10 @@ from uuid import uuid4
 
 import pytest
 
-from fetch_etl.local_servers import create_database, drop_database
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources.postgres import PostgresResource
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.servers import create_database, drop_database
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.warehouse.resource import PostgresResource
 from fetch_etl_tests.helpers import (
     FOO_BAR,
     NOT_JSON,
