@@ -121,7 +121,7 @@ def materialize_once() -> dict[str, dict[str, Any]]:
 
     from fetch_etl.definitions import defs
 
-    job = defs.resolve_job_def("ingest_logins")
+    job = defs().resolve_job_def("ingest_logins")
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)

@@ -80,7 +80,7 @@ def main(argv: Sequence[str]) -> int:
 
     from fetch_etl.definitions import defs
 
-    result = defs.resolve_job_def("ingest_logins").execute_in_process(instance=DagsterInstance.ephemeral())
+    result = defs().resolve_job_def("ingest_logins").execute_in_process(instance=DagsterInstance.ephemeral())
     return 0 if result.success else 1  # reached only when the kill point was never passed
 
 

@@ -1,6 +1,8 @@
-"""`login_queue_sensor`: start ingest runs when the queue has messages.
+"""The ingest job `ingest_logins` and `login_queue_sensor`, which starts it when the queue has messages.
 
-It only reads the queue's approximate depth: it never receives or deletes, so a sensor tick can
+The job: the three login assets, in one process so the batch never leaves memory.
+
+The sensor only reads the queue's approximate depth: it never receives or deletes, so a sensor tick can
 never make a message invisible or lose one. A backlog larger than one run's batch fans out to up to
 SQS_MAX_PARALLEL_RUNS concurrent runs (default 1); SQS visibility keeps their batches apart and the
 idempotent load makes any overlap harmless.
@@ -11,6 +13,7 @@ import os
 
 from dagster import (
     AssetKey,
+    AssetSelection,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -18,12 +21,24 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    define_asset_job,
+    in_process_executor,
     sensor,
 )
 
-from fetch_etl.defs.jobs import INGEST_JOB_NAME, INGEST_TAGS, ingest_logins_job
 from fetch_etl.queue.messages import QueueError
 from fetch_etl.queue.resource import SqsResource
+
+INGEST_JOB_NAME = "ingest_logins"
+INGEST_TAGS = {"fetch_etl/ingest": "login-queue"}  # the run coordinator's concurrency key
+
+ingest_logins_job = define_asset_job(
+    INGEST_JOB_NAME,
+    selection=AssetSelection.groups("logins"),
+    executor_def=in_process_executor,
+    tags=INGEST_TAGS,
+    description="Receive a batch from SQS, mask it, load it into user_logins, then ack the queue.",
+)
 
 DEFAULT_INTERVAL_SECONDS = 5  # a tick is one GetQueueAttributes call: cheap, and it bounds latency
 DEFAULT_MAX_PARALLEL_RUNS = 1

@@ -23,12 +23,13 @@ from dagster import (
     asset_check,
 )
 
-from fetch_etl.defs.assets import user_logins
 from fetch_etl.logins import masking
 from fetch_etl.queue.messages import QueueError
 from fetch_etl.queue.resource import SqsResource
 from fetch_etl.warehouse import probes
 from fetch_etl.warehouse.resource import PostgresResource
+
+USER_LOGINS = AssetKey("user_logins")  # the asset these checks watch (defined in assets.py)
 
 REJECT_RATE_ENV = "REJECT_RATE_WARN_THRESHOLD"
 DEFAULT_REJECT_RATE_THRESHOLD = 0.05
@@ -124,7 +125,7 @@ def batch_scope(context: AssetCheckExecutionContext) -> tuple[datetime | None, s
     """Which rows a table check reads: the rows this run loaded when the check runs in the ingest run that
     materialized user_logins (per-run cost stays flat as the table grows), else the whole table (a check
     run on its own, from the UI or a checks-only job)."""
-    event = context.instance.get_latest_materialization_event(AssetKey("user_logins"))
+    event = context.instance.get_latest_materialization_event(USER_LOGINS)
     if event is not None and event.run_id == context.run.run_id and event.asset_materialization is not None:
         loaded_at = event.asset_materialization.metadata.get("loaded_at")
         text = getattr(loaded_at, "value", loaded_at)
@@ -134,7 +135,7 @@ def batch_scope(context: AssetCheckExecutionContext) -> tuple[datetime | None, s
 
 
 @asset_check(
-    asset=user_logins,
+    asset=USER_LOGINS,
     description=(
         "No row loaded by fetch-etl has a NULL masked_ip, masked_device_id, user_id or app_version. "
         "Rows without a message_id (legacy rows of a pre-existing reference table) are not checked."
@@ -156,7 +157,7 @@ def required_columns_not_null(context: AssetCheckExecutionContext, postgres: Pos
 
 
 @asset_check(
-    asset=user_logins,
+    asset=USER_LOGINS,
     description="No SQS MessageId occurs twice in user_logins (the idempotency key; backed by a unique index).",
     blocking=False,
 )
@@ -184,7 +185,7 @@ def message_id_unique(context: AssetCheckExecutionContext, postgres: PostgresRes
 
 
 @asset_check(
-    asset=user_logins,
+    asset=USER_LOGINS,
     description=(
         "Every masked_ip and masked_device_id loaded by fetch-etl has the shape a masking mode produces "
         "(hmac: 64 lowercase hex digits; siv: 's1.' + URL-safe base64). Legacy rows are not checked."
@@ -217,7 +218,7 @@ def tokens_well_formed(context: AssetCheckExecutionContext, postgres: PostgresRe
 
 
 @asset_check(
-    asset=user_logins,
+    asset=USER_LOGINS,
     description=(
         "The share of rejected messages in the latest user_logins materialization stays at or under "
         f"{REJECT_RATE_ENV} (default {DEFAULT_REJECT_RATE_THRESHOLD:.0%}). A warning, not an error."
@@ -226,7 +227,7 @@ def tokens_well_formed(context: AssetCheckExecutionContext, postgres: PostgresRe
 )
 def reject_rate_below_threshold(context: AssetCheckExecutionContext) -> AssetCheckResult:
     threshold = reject_rate_threshold()
-    event = context.instance.get_latest_materialization_event(AssetKey("user_logins"))
+    event = context.instance.get_latest_materialization_event(USER_LOGINS)
     if event is None or event.asset_materialization is None:
         return AssetCheckResult(
             passed=True,
@@ -252,7 +253,7 @@ def reject_rate_below_threshold(context: AssetCheckExecutionContext) -> AssetChe
 
 
 @asset_check(
-    asset=user_logins,
+    asset=USER_LOGINS,
     description=(
         "Reports how many messages wait in the dead-letter queue (rejects keep their reason as a message "
         "attribute). Warns only when the DLQ cannot be read."

@@ -3,7 +3,7 @@
 The defaults live on the resource fields only; a variable that is unset or empty leaves its field's default.
 Dagster's `EnvVar` raises for an unset variable, and reading `os.environ` when `fetch_etl.definitions` is
 imported would miss a variable set only on the run's task (the ECS and K8s launchers start each run with its
-own environment). So `definitions.py` registers the `*_from_run_env` resources below: Dagster calls them as
+own environment). So `run_resources` below registers the `*_from_run_env` resources: Dagster calls them as
 each run's resources are initialised, in the run's own process, and they build the real resource from
 `os.environ` then. `fetch-etl status`, the other commands and the tests use the same maps.
 
@@ -18,8 +18,9 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from dagster import InitResourceContext, resource
+from dagster import Definitions, InitResourceContext, definitions, in_process_executor, resource
 
+from fetch_etl.defs.io_managers import batch_io_manager
 from fetch_etl.logins.resource import PiiMaskingResource
 from fetch_etl.queue.resource import SqsResource
 from fetch_etl.warehouse.resource import PostgresResource
@@ -84,3 +85,17 @@ def postgres_from_run_env(context: InitResourceContext) -> PostgresResource:
 @resource(description="The masking mode and key, from the run's environment (PII_MASKING_*); never shown.")
 def masking_from_run_env(context: InitResourceContext) -> PiiMaskingResource:
     return masking_from_env(os.environ)
+
+
+@definitions
+def run_resources() -> Definitions:
+    """Every run's resources (built from the run's environment as it starts) and its one-process executor."""
+    return Definitions(
+        resources={
+            "sqs": sqs_from_run_env,
+            "postgres": postgres_from_run_env,
+            "pii_masking": masking_from_run_env,
+            "batch_io_manager": batch_io_manager,
+        },
+        executor=in_process_executor,
+    )

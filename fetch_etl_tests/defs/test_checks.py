@@ -22,6 +22,7 @@ from dagster import (
 )
 
 from fetch_etl.definitions import defs as project_defs
+from fetch_etl.defs.automation import INGEST_JOB_NAME, ingest_logins_job
 from fetch_etl.defs.checks import (
     DEFAULT_REJECT_RATE_THRESHOLD,
     NOT_LOADED_YET,
@@ -32,7 +33,6 @@ from fetch_etl.defs.checks import (
     reject_rate_threshold,
     token_mode,
 )
-from fetch_etl.defs.jobs import INGEST_JOB_NAME, ingest_logins_job
 from fetch_etl.local.stack import QueueUrls
 from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl.logins import masking
@@ -82,7 +82,7 @@ def _meta(evaluation: AssetCheckEvaluation) -> dict[str, Any]:
 
 def test_the_ingest_job_and_the_project_definitions_include_every_check() -> None:
     keys = {AssetCheckKey(AssetKey("user_logins"), name) for name in CHECK_NAMES}
-    job = project_defs.resolve_job_def(INGEST_JOB_NAME)
+    job = project_defs().resolve_job_def(INGEST_JOB_NAME)
     assert keys <= set(job.asset_layer.asset_graph.asset_check_keys)
     assert {check.check_key.name for check in USER_LOGINS_CHECKS} == CHECK_NAMES  # type: ignore[attr-defined]
 

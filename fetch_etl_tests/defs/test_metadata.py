@@ -82,14 +82,15 @@ def test_the_declared_schema_matches_the_migrated_table(database_url: str) -> No
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrate(conn)
         live = table_columns(conn)
-    declared = defs.resolve_assets_def("user_logins").metadata_by_key[AssetKey("user_logins")]["dagster/column_schema"]
+    asset = defs().resolve_assets_def("user_logins")
+    declared = asset.metadata_by_key[AssetKey("user_logins")]["dagster/column_schema"]
     assert [(c.name, c.type) for c in declared.columns] == live
 
 
 def test_every_asset_reads_on_its_own_in_the_graph() -> None:
     kinds = {"raw_login_messages": {"sqs"}, "masked_logins": {"pandas"}, "user_logins": {"postgres"}}
     for name, expected_kinds in kinds.items():
-        spec = next(iter(defs.resolve_assets_def(name).specs))
+        spec = next(iter(defs().resolve_assets_def(name).specs))
         assert spec.group_name == "logins"
         assert spec.owners == ["team:data-engineering"]
         assert spec.kinds == expected_kinds

@@ -161,8 +161,8 @@ def test_a_variable_set_after_the_definitions_are_imported_is_used_by_the_run(
         from dagster import DagsterInstance
         import fetch_etl.definitions as definitions
 
+        job = definitions.defs().resolve_job_def("ingest_logins")
         os.environ.update({later!r})
-        job = definitions.defs.resolve_job_def("ingest_logins")
         result = job.execute_in_process(instance=DagsterInstance.ephemeral(), raise_on_error=False)
         raise SystemExit(0 if result.success else 1)
         """

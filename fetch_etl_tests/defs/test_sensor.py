@@ -23,12 +23,13 @@ from dagster._core.test_utils import create_run_for_test
 from fetch_etl.definitions import defs
 from fetch_etl.defs.automation import (
     DEFAULT_INTERVAL_SECONDS,
+    INGEST_JOB_NAME,
+    INGEST_TAGS,
     login_queue_sensor,
     max_parallel_runs,
     runs_wanted,
     sensor_interval,
 )
-from fetch_etl.defs.jobs import INGEST_JOB_NAME, INGEST_TAGS
 from fetch_etl.local.stack import QueueUrls
 from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl.queue.resource import SqsResource
@@ -155,7 +156,7 @@ def test_unreachable_queue_skips_with_a_reason_instead_of_raising(instance: Dags
 
 
 def test_sensor_is_defined_for_the_ingest_job_with_the_default_interval() -> None:
-    sensor_def = defs.resolve_sensor_def("login_queue_sensor")
+    sensor_def = defs().resolve_sensor_def("login_queue_sensor")
     assert sensor_def.job_name == INGEST_JOB_NAME
     assert sensor_def.default_status == DefaultSensorStatus.RUNNING
     assert DEFAULT_INTERVAL_SECONDS == 5

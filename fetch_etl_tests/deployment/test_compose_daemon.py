@@ -23,7 +23,7 @@ import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from fetch_etl.defs.jobs import INGEST_JOB_NAME, INGEST_TAGS
+from fetch_etl.defs.automation import INGEST_JOB_NAME, INGEST_TAGS
 from fetch_etl.local.servers import create_database, drop_database
 from fetch_etl.local.stack import QueueUrls
 from fetch_etl.local.synthetic import generate_bodies

@@ -25,7 +25,7 @@ from kubernetes.client import BatchV1Api, Configuration
 from kubernetes.client.rest import RESTClientObject
 from kubernetes.config import incluster_config
 
-from fetch_etl.defs.jobs import INGEST_TAGS
+from fetch_etl.defs.automation import INGEST_TAGS
 from fetch_etl_tests.deploy_env import ROOT, dagster_home, dagster_pg_env
 from fetch_etl_tests.helpers import clean_env
 

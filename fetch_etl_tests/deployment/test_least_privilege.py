@@ -16,8 +16,8 @@ from dagster import DagsterInstance, Definitions, in_process_executor
 from psycopg import sql
 
 from fetch_etl.cli import main
+from fetch_etl.defs.automation import INGEST_JOB_NAME, ingest_logins_job
 from fetch_etl.defs.checks import USER_LOGINS_CHECKS
-from fetch_etl.defs.jobs import INGEST_JOB_NAME, ingest_logins_job
 from fetch_etl.local.stack import QueueUrls
 from fetch_etl.logins.frame import loadable, mask_messages, rejected
 from fetch_etl.logins.masking import HmacMasker

@@ -270,7 +270,7 @@ def _job_config(**config: Any) -> dict[str, Any]:
 
 def test_the_dagster_job_moves_the_same_way(sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls) -> None:
     originals = _dead_letter(sqs_client, queue_urls.dlq_url, _mixed({"invalid_app_version": 6, "invalid_json": 3}))
-    job = defs.get_job_def("redrive_dead_letters")
+    job = defs().get_job_def("redrive_dead_letters")
     result = job.execute_in_process(
         run_config=_job_config(reason=["invalid_app_version"], limit=5),
         resources={"sqs": sqs_resource(sqs_endpoint, queue_urls)},
@@ -289,8 +289,10 @@ def test_the_dagster_job_fails_with_the_sentence(sqs_client: Any, queue_urls: Qu
     _dead_letter(sqs_client, queue_urls.dlq_url, _mixed({"poison": 2}))
     proxy.fail_entries("SendMessageBatch", queue=queue_urls.queue_url)
     sqs = sqs_resource(proxy.endpoint, _proxied(proxy, queue_urls), protocol="query")
-    result = defs.get_job_def("redrive_dead_letters").execute_in_process(
-        run_config=_job_config(), resources={"sqs": sqs}, raise_on_error=False
+    result = (
+        defs()
+        .get_job_def("redrive_dead_letters")
+        .execute_in_process(run_config=_job_config(), resources={"sqs": sqs}, raise_on_error=False)
     )
 
     assert not result.success
