@@ -8,9 +8,7 @@ The rules are the pure functions below; the checks only fetch numbers and call t
 """
 
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +22,7 @@ from dagster import (
 )
 
 from fetch_etl.logins import masking
+from fetch_etl.logins.masking import TOKEN_SHAPES, TokenShape
 from fetch_etl.queue.messages import QueueError
 from fetch_etl.queue.resource import SqsResource
 from fetch_etl.warehouse import probes
@@ -39,34 +38,7 @@ NOT_LOADED_YET = (
 )
 
 
-# --- token shapes: one entry per masking mode ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TokenShape:
-    """What a mode's tokens look like: a length range and an anchored `pattern`, valid both in Python and in
-    PostgreSQL's `~`. Lengths are kept out of the pattern: PostgreSQL's regex engine is slow on counted
-    repeats such as `{64}` (about 12x slower on this table's tokens)."""
-
-    pattern: str
-    shortest: int
-    longest: int
-    description: str
-
-    def matches(self, token: str) -> bool:
-        return self.shortest <= len(token) <= self.longest and re.fullmatch(self.pattern, token) is not None
-
-    def sql(self) -> tuple[str, int, int]:
-        return self.pattern, self.shortest, self.longest
-
-
-# To add a mode: one entry here, named as in fetch_etl.logins.masking.MASKING_MODES.
-TOKEN_SHAPES: dict[str, TokenShape] = {
-    # HMAC-SHA256 as hex.
-    "hmac": TokenShape(r"^[0-9a-f]+$", 64, 64, "64 lowercase hex digits"),
-    # 's1.' + unpadded URL-safe base64 of SIV (16 bytes) || ciphertext; at most 256 characters in all.
-    "siv": TokenShape(r"^s1\.[A-Za-z0-9_-]+$", 25, 256, "'s1.' then at least 22 URL-safe base64 characters"),
-}
+# --- token shapes: each masker owns its shape (logins/masking.py); the check reads them -----------------
 
 
 def accepted_shapes(modes: tuple[str, ...] | None = None) -> dict[str, TokenShape]:
@@ -74,8 +46,8 @@ def accepted_shapes(modes: tuple[str, ...] | None = None) -> dict[str, TokenShap
     return {mode: TOKEN_SHAPES[mode] for mode in (modes or masking.MASKING_MODES) if mode in TOKEN_SHAPES}
 
 
-def token_mode(token: str, shapes: Mapping[str, TokenShape] | None = None) -> str | None:
-    """The mode whose shape `token` has, or None when it has none of them."""
+def shape_mode(token: str, shapes: Mapping[str, TokenShape] | None = None) -> str | None:
+    """The mode whose whole shape (each masker's `shape`, logins/masking.py) `token` has, or None."""
     for mode, shape in (shapes if shapes is not None else accepted_shapes()).items():
         if shape.matches(token):
             return mode
@@ -203,7 +175,7 @@ def tokens_well_formed(context: AssetCheckExecutionContext, postgres: PostgresRe
     bad = {column: n for column, n in counts.malformed.items() if n}
     problems = [f"{n} {column} tokens have no known shape" for column, n in bad.items()]
     if unknown:
-        problems.append(f"no token shape is known for mode(s) {', '.join(unknown)}: add them to checks.TOKEN_SHAPES")
+        problems.append(f"no token shape is known for mode(s) {', '.join(unknown)}: give their masker a shape")
     return AssetCheckResult(
         passed=not problems,
         description="; ".join(problems) or None,

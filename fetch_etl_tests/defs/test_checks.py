@@ -31,7 +31,7 @@ from fetch_etl.defs.checks import (
     accepted_shapes,
     judge_reject_rate,
     reject_rate_threshold,
-    token_mode,
+    shape_mode,
 )
 from fetch_etl.local.stack import QueueUrls
 from fetch_etl.local.synthetic import generate_bodies
@@ -253,7 +253,7 @@ def test_checks_on_a_database_never_loaded_say_what_to_do(
 
 
 def test_every_masking_mode_has_a_token_shape() -> None:
-    assert set(masking.MASKING_MODES) <= set(TOKEN_SHAPES), "add the new mode's shape to checks.TOKEN_SHAPES"
+    assert set(masking.MASKING_MODES) <= set(TOKEN_SHAPES), "give the new mode's masker a shape"
     assert set(accepted_shapes()) == set(masking.MASKING_MODES)
 
 
@@ -263,12 +263,12 @@ def test_tokens_of_each_mode_have_its_shape_and_nothing_else_does() -> None:
         masker = masking.build_masker(mode, key)
         tokens = [*masking.mask_ips(masker, ["199.172.111.135", "2001:db8::1"]).tokens]
         tokens += masking.mask_device_ids(masker, ["593-47-5928"])
-        assert [token_mode(token) for token in tokens] == [mode] * 3
+        assert [shape_mode(token) for token in tokens] == [mode] * 3
     hmac_token = "ab" * 32
     for wrong in ("", hmac_token.upper(), hmac_token[:-1], hmac_token + "0", f"{hmac_token}\n", "s1.", "s1.abc", "x"):
-        assert token_mode(wrong) is None, wrong
-    assert token_mode("s1.AAAAAAAAAAAAAAAAAAAAAA", {"siv": TOKEN_SHAPES["siv"]}) == "siv"
-    assert token_mode("s1.AAAAAAAAAAAAAAAAAAAA+/", {"siv": TOKEN_SHAPES["siv"]}) is None, "not URL-safe base64"
+        assert shape_mode(wrong) is None, wrong
+    assert shape_mode("s1.AAAAAAAAAAAAAAAAAAAAAA", {"siv": TOKEN_SHAPES["siv"]}) == "siv"
+    assert shape_mode("s1.AAAAAAAAAAAAAAAAAAAA+/", {"siv": TOKEN_SHAPES["siv"]}) is None, "not URL-safe base64"
 
 
 def test_python_and_postgres_read_the_shapes_alike(database_url: str) -> None:
