@@ -20,13 +20,15 @@ import psycopg2.extras
 from botocore.config import Config
 from dagster import materialize
 
-from fetch_etl import batch
-from fetch_etl.assets import masked_logins, raw_login_messages, user_logins
-from fetch_etl.io_managers import batch_io_manager
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
-from fetch_etl.resources.sqs_messages import QueueMessage
-from fetch_etl.warehouse import LOGIN_COLUMNS, load_batch, migrate, rows_for_copy
+from fetch_etl.defs.assets import masked_logins, raw_login_messages, user_logins
+from fetch_etl.defs.io_managers import batch_io_manager
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.logins import frame as login_frame
+from fetch_etl.logins.resource import PiiMaskingResource
+from fetch_etl.queue.messages import QueueMessage
+from fetch_etl.queue.resource import SqsResource
+from fetch_etl.warehouse.load import LOGIN_COLUMNS, load_batch, migrate, rows_for_copy
+from fetch_etl.warehouse.resource import PostgresResource
 
 BENCH_KEY_HEX = "5a" * 32  # a throwaway masking key for synthetic data only
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -316,7 +318,7 @@ def _timed_copy(conn: psycopg.Connection, table: str, frame: Any) -> float:
 
 
 def load_vs_copy(database_url: str, bodies: Sequence[str]) -> dict[str, Any]:
-    """fetch_etl.warehouse.load_batch on a masked frame vs a plain COPY of the same rows from the same frame.
+    """fetch_etl.warehouse.load.load_batch on a masked frame vs a plain COPY of the same rows from the same frame.
 
     Raw COPY goes into a bare table of user_logins' columns (no index: the issue's yardstick) and, for
     reference, into a copy with user_logins' indexes (the unique MessageId index idempotency needs).
@@ -325,9 +327,9 @@ def load_vs_copy(database_url: str, bodies: Sequence[str]) -> dict[str, Any]:
     messages = [QueueMessage(str(uuid.uuid4()), "r", body, now_ms, 1) for body in bodies]
     masker = PiiMaskingResource(key=BENCH_KEY_HEX, mode="hmac").masker()
     started = time.perf_counter()
-    frame = batch.mask_messages(messages, masker)
+    frame = login_frame.mask_messages(messages, masker)
     mask_seconds = time.perf_counter() - started
-    logins, rejects = batch.loadable(frame), batch.rejected(frame)
+    logins, rejects = login_frame.loadable(frame), login_frame.rejected(frame)
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrate(conn)
         conn.execute("CREATE TABLE raw_copy (LIKE user_logins INCLUDING DEFAULTS)")

@@ -36,11 +36,10 @@ from tabulate import tabulate
 
 from benchmarks import report
 from benchmarks.localstack_env import LocalStackServer, ensure_localstack_python, localstack_version, stop_pid
-from fetch_etl.jobs import INGEST_JOB_NAME
-from fetch_etl.local_servers import EmbeddedPostgres, _free_port, create_database
-from fetch_etl.local_stack import create_queue_pair, make_sqs_client
-from fetch_etl.sensors import DEFAULT_INTERVAL_SECONDS
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.defs.automation import DEFAULT_INTERVAL_SECONDS, INGEST_JOB_NAME
+from fetch_etl.local.servers import EmbeddedPostgres, _free_port, create_database
+from fetch_etl.local.stack import create_queue_pair, make_sqs_client
+from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl_tests.helpers import clean_env, pipeline_env
 
 RESULTS = Path(__file__).parent / "results"

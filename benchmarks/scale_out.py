@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from benchmarks.consumers import BENCH_KEY_HEX, Measurement, first_in_flight, sqs_client
-from fetch_etl.local_stack import QueueUrls
+from fetch_etl.local.stack import QueueUrls
 
 BIN = Path(sys.executable).parent
 COMMAND = [str(BIN / "dagster"), "asset", "materialize", "-m", "fetch_etl.definitions", "--select", "*"]

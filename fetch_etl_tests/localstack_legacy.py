@@ -34,8 +34,8 @@ from typing import Any, Self
 import psutil
 from botocore.config import Config
 
-from fetch_etl.local_servers import _free_port, _stop_pid, _tail
-from fetch_etl.resources.sqs_query import check_query_client, query_session
+from fetch_etl.local.servers import _free_port, _stop_pid, _tail
+from fetch_etl.queue.query import check_query_client, query_session
 
 VERSION = "1.0.4"
 ENV_VAR = "FETCH_ETL_LOCALSTACK_LEGACY"

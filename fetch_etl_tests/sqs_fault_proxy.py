@@ -51,7 +51,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from xml.sax.saxutils import escape
 
-from fetch_etl.resources.sqs_query import query_session
+from fetch_etl.queue.query import query_session
 from fetch_etl_tests.loopback_wsgi import LoopbackWsgiServer, StartResponse, forward
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import psutil
 import pytest
 
-from fetch_etl.local_stack import QueueUrls
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.stack import QueueUrls
+from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl_tests.helpers import (
     FOO_BAR,
     TEST_KEY_HEX,
@@ -330,7 +330,7 @@ def test_dev_runs_dagster_by_module_name_so_any_install_finds_the_definitions() 
 def test_dev_is_not_hijacked_by_a_compose_env_file_in_the_working_directory(demo_workspace: DemoWorkspace) -> None:
     """After the README's `cp .env.example .env`, Dagster's CLI would load container host names over the
     local stack's settings; `fetch-etl dev` started from that directory must still drain its own queue."""
-    from fetch_etl.status import local_stack_env
+    from fetch_etl.local.stack import local_stack_env
 
     shutil.copy(PROJECT_ROOT / ".env.example", demo_workspace.path / ".env")
     state = demo_workspace.path / "state"
