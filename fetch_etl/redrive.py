@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from tabulate import tabulate
-
 from fetch_etl import health
 from fetch_etl.resources.sqs import SqsResource
 from fetch_etl.resources.sqs_messages import (
@@ -29,7 +27,6 @@ from fetch_etl.resources.sqs_messages import (
     QueueError,
     QueueMessage,
 )
-from fetch_etl.status import resources_from_env
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +83,8 @@ class RedriveResult:
         return "; ".join(parts) or None
 
     def table(self) -> str:
+        from tabulate import tabulate  # for the CLI's table only; a run loads this module too
+
         reasons = sorted(set(self.moved) | set(self.skipped) | set(self.failed))
         moved = "would move" if self.dry_run else "moved"
         rows = [(r, self.moved[r], self.skipped[r], self.failed[r]) for r in reasons]
@@ -225,6 +224,8 @@ def redrive_from_env(
     environ: Mapping[str, str], reasons: Collection[str] = (), limit: int | None = None, dry_run: bool = False
 ) -> RedriveResult:
     """The pipeline's SQS settings from the environment (as `fetch-etl status` reads them), full retries."""
+    from fetch_etl.status import resources_from_env  # here: a run, which loads this module, needs none of status
+
     quick, _ = resources_from_env(environ)
     sqs = SqsResource(**{**quick.model_dump(), "max_attempts": SqsResource.model_fields["max_attempts"].default})
     return redrive(sqs, reasons, limit, dry_run)
