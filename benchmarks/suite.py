@@ -56,7 +56,9 @@ def _cpu() -> float:
     return times.user + times.system
 
 
-def consume(bench: Bench, kind: str, bodies: list[str], delay: float, threads: int, workdir: Path) -> Measurement:
+def consume(
+    bench: Bench, kind: str, bodies: list[str], delay: float, threads: int, workdir: Path, run_size: int | None = None
+) -> Measurement:
     """One consumer on a fresh queue of `bodies` (and a fresh database where it writes)."""
     n = len(bodies)
     endpoint = bench.relay.endpoint if delay and bench.relay else bench.localstack.endpoint
@@ -76,7 +78,9 @@ def consume(bench: Bench, kind: str, bodies: list[str], delay: float, threads: i
             elif kind == "fetch-etl":
                 result = fetch_etl_run(endpoint, bench.localstack.endpoint, queues, url, n, delay, max(n, 1))
             else:
-                result = whole_process_run(endpoint, queues, url, n, delay, workdir / "dagster_home", workdir / "marks")
+                result = whole_process_run(
+                    endpoint, queues, url, n, delay, workdir / "dagster_home", workdir / "marks", run_size
+                )
     finally:
         for queue_url in queues:
             with contextlib.suppress(Exception):
@@ -161,9 +165,14 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             for kind in KINDS:
                 results.append(consume(bench, kind, bodies, delay, threads, workdir))
             loads[f"after +{delay:g} ms"] = load_average()
-        print(f"start-up timeline: {args.timeline_runs} process runs of 10 messages, loopback", flush=True)
+        print(
+            f"start-up timeline: {args.timeline_runs} runs of 10 messages, run size 10,000, loopback",
+            flush=True,
+        )
         for i in range(args.timeline_runs if "timeline" in parts else 0):
-            m = consume(bench, "fetch-etl process", generate_bodies(10, seed=100 + i), 0.0, threads, workdir)
+            # the default run size, so the run ends as a sensor's does: at the empty poll after its messages
+            bodies = generate_bodies(10, seed=100 + i)
+            m = consume(bench, "fetch-etl process", bodies, 0.0, threads, workdir, run_size=10_000)
             timelines.append(m.extra)
         with psycopg.connect(pg_url) as conn:
             postgres_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]

@@ -126,15 +126,22 @@ def summary(marks: dict[str, Any], events: dict[str, Any] | None = None, exited_
 
 
 def whole_process_run(
-    endpoint: str, queues: QueueUrls, database_url: str, n: int, delay_ms: float, home: Path, marks_dir: Path
+    endpoint: str,
+    queues: QueueUrls,
+    database_url: str,
+    n: int,
+    delay_ms: float,
+    home: Path,
+    marks_dir: Path,
+    run_size: int | None = None,
 ) -> Measurement:
-    """One `dagster asset materialize` process taking up to n messages, clocked from spawn to exit."""
+    """One `dagster asset materialize` process taking up to n (or run_size) messages, clocked spawn to exit."""
     if not (home / "dagster.yaml").exists():
         home.mkdir(parents=True, exist_ok=True)
         (home / "dagster.yaml").write_text(DEV_DAGSTER_YAML)
     for old in marks_dir.glob("*.json"):
         old.unlink()
-    env = timeline_env(run_env(endpoint, queues, database_url, max(n, 1), home), marks_dir)
+    env = timeline_env(run_env(endpoint, queues, database_url, run_size or max(n, 1), home), marks_dir)
     started = time.perf_counter()
     spawned_at = time.time()
     proc = subprocess.run(COMMAND, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
