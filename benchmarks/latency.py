@@ -38,7 +38,7 @@ from benchmarks import report
 from benchmarks.localstack_env import LocalStackServer, ensure_localstack_python, localstack_version, stop_pid
 from fetch_etl.defs.automation import DEFAULT_INTERVAL_SECONDS, INGEST_JOB_NAME
 from fetch_etl.local.servers import EmbeddedPostgres, _free_port, create_database
-from fetch_etl.local.stack import create_queue_pair, make_sqs_client
+from fetch_etl.local.stack import DEV_DAGSTER_YAML, create_queue_pair, make_sqs_client
 from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl_tests.helpers import clean_env, pipeline_env
 
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         db_url = create_database(pg_url, "latency")
         home = workdir / "dagster_home"
         home.mkdir()
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # as `fetch-etl dev` writes it
+        (home / "dagster.yaml").write_text(DEV_DAGSTER_YAML)  # as `fetch-etl dev` writes it
         port = _free_port()
         workspace = {"load_from": [{"grpc_server": {"host": "127.0.0.1", "port": port, "location_name": "fetch_etl"}}]}
         (workdir / "workspace.yaml").write_text(yaml.safe_dump(workspace))

@@ -5,12 +5,15 @@ and in the resources. Messages leave the queue only after the Postgres commit th
 The checks on `user_logins` live in `checks.py`.
 """
 
+import importlib
+import threading
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from dagster import (
     AssetExecutionContext,
+    DagsterType,
     MaterializeResult,
     MetadataValue,
     Output,
@@ -42,7 +45,20 @@ from fetch_etl.warehouse.load import (
 )
 from fetch_etl.warehouse.resource import PostgresResource
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 GROUP = "logins"
+# pandas (about a second to import) is not needed to load the definitions or to start receiving: a run imports
+# it in the background while its first receives are on the wire (`raw_login_messages`), so the masking step
+# finds it loaded. The frame's Dagster type is named here without importing pandas.
+MASKED_FRAME = DagsterType(
+    name="DataFrame",
+    description="pandas.DataFrame of the batch: one row per message, masked columns only",
+    type_check_fn=lambda _context, value: (
+        type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas")
+    ),
+)
 PREVIEW_COLUMNS = ("user_id", "device_type", "masked_ip", "masked_device_id", "locale", "app_version")
 
 
@@ -60,7 +76,12 @@ def _run_throughput(context: AssetExecutionContext, count: int) -> dict[str, flo
     return {"run_elapsed_seconds": round(elapsed, 3), "run_messages_per_second": rate(count, elapsed)}
 
 
-def masked_preview(frame: pd.DataFrame, rows: int = 5) -> str:
+def import_pandas_in_background() -> None:
+    """Start importing pandas on a daemon thread (the import lock makes a later `import pandas` wait for it)."""
+    threading.Thread(target=importlib.import_module, args=("pandas",), name="import-pandas", daemon=True).start()
+
+
+def masked_preview(frame: "pd.DataFrame", rows: int = 5) -> str:
     """A markdown table of a few loadable rows: masked columns only, tokens shortened."""
     sample = login_frame.loadable(frame).loc[:, list(PREVIEW_COLUMNS)].head(rows).copy()
     for column in ("masked_ip", "masked_device_id"):
@@ -89,6 +110,8 @@ def raw_login_messages(
     with postgres.connect() as conn:
         migrate(conn)
         check_mask_key(conn, masker.key_id, masker.mode)
+    sqs.client()  # built before pandas starts loading beside it, so the first ReceiveMessage goes out at once
+    import_pandas_in_background()
     started = time.perf_counter()
     messages = sqs.receive(progress=lambda n: context.log.info(f"received {n} messages so far"))
     context.log.info(f"received {len(messages)} messages from {sqs.queue_url}")
@@ -110,6 +133,7 @@ def raw_login_messages(
     io_manager_key="batch_io_manager",
     kinds={"pandas"},
     owners=["team:data-engineering"],
+    dagster_type=MASKED_FRAME,
 )
 def masked_logins(
     context: AssetExecutionContext,
@@ -117,7 +141,7 @@ def masked_logins(
     pii_masking: PiiMaskingResource,
     sqs: SqsResource,
     postgres: PostgresResource,
-) -> Output[pd.DataFrame]:
+) -> Output[Any]:
     """The batch decided, parsed, validated and pseudonymised: a pandas DataFrame, one row per message.
 
     A message whose outcome is already stored (a redelivery) keeps that outcome and is not evaluated
@@ -168,7 +192,7 @@ def masked_logins(
 )
 def user_logins(
     context: AssetExecutionContext,
-    masked_logins: pd.DataFrame,
+    masked_logins: Any,  # MASKED_FRAME
     raw_login_messages: list[QueueMessage],
     postgres: PostgresResource,
     sqs: SqsResource,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from dagster import AssetKey, TableColumn, TableColumnDep, TableColumnLineage, TableSchema
 
 from fetch_etl.warehouse.load import LOGIN_COLUMNS
+
+if TYPE_CHECKING:  # pandas loads where a batch is masked, not when Dagster loads the definitions
+    import pandas as pd
 
 MASKED_LOGINS = AssetKey("masked_logins")
 TOKEN_PREVIEW_CHARS = 12
@@ -94,6 +96,8 @@ def user_logins_lineage(table_columns: Iterable[str] = LOGIN_COLUMNS) -> TableCo
 
 
 def _cell(column: str, value: Any) -> Any:
+    import pandas as pd
+
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return ""
     if column in SHORTENED_COLUMNS:
@@ -108,6 +112,8 @@ def rows_preview(rows: Sequence[Mapping[str, Any]], empty: str = "_no rows loade
     """A markdown table of a few rows: masked columns only (the caller selects them), tokens shortened."""
     if not rows:
         return empty
+    import pandas as pd
+
     columns = [c for c in TABLE_PREVIEW_COLUMNS if c in rows[0]]
     frame = pd.DataFrame([{c: _cell(c, row.get(c)) for c in columns} for row in rows], columns=columns)
     return frame.to_markdown(index=False)

@@ -18,6 +18,23 @@ import boto3
 from fetch_etl.local.servers import EmbeddedPostgres, LocalStackError, MotoSqsServer
 from fetch_etl.queue.messages import DEFAULT_MAX_RECEIVE_COUNT
 
+# The instance of `fetch-etl dev`: no telemetry; the run queue looked at every second (Dagster's default is
+# 5 s, which a login waits on average 2.5 s of between the sensor's run request and the run's start); and the
+# login_queue pool counted per run, as in deploy/dagster.yaml, so a "Materialize all" and a sensor run never
+# receive at the same time.
+DEV_DAGSTER_YAML = """telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+concurrency:
+  pools:
+    granularity: run
+    default_limit: 1
+"""
+
 logger = logging.getLogger(__name__)
 AWS_REGION = "us-east-1"
 
@@ -37,15 +54,6 @@ def make_sqs_client(endpoint: str) -> Any:
 
 # SQS's own redrive only as a backstop behind the pipeline's poison rule (SQS_MAX_RECEIVE_COUNT).
 LOCAL_REDRIVE_MAX_RECEIVE_COUNT = 2 * DEFAULT_MAX_RECEIVE_COUNT
-# The dev instance (`dagster dev` queues runs by default): no telemetry, and the login_queue pool counted per
-# run, as in deploy/dagster.yaml, so a "Materialize all" and a sensor run never receive at the same time.
-DEV_INSTANCE_YAML = """telemetry:
-  enabled: false
-concurrency:
-  pools:
-    granularity: run
-    default_limit: 1
-"""
 
 
 def create_queue_pair(
@@ -117,7 +125,7 @@ class LocalStack:
             self.dagster_home.mkdir(exist_ok=True)
             dagster_yaml = self.dagster_home / "dagster.yaml"
             if not dagster_yaml.exists():
-                dagster_yaml.write_text(DEV_INSTANCE_YAML)
+                dagster_yaml.write_text(DEV_DAGSTER_YAML)
             try:
                 self._queues = create_queue_pair(make_sqs_client(self.sqs.endpoint), self.queue_name)
             except Exception as exc:

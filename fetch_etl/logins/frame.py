@@ -13,13 +13,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from fetch_etl.logins.masking import Masker, mask_device_ids, mask_ips, mask_optional
 from fetch_etl.logins.records import LoginEvent, Rejection, maskable_pii, parse_login, sent_date, sent_time
 from fetch_etl.queue.messages import QueueMessage
 from fetch_etl.warehouse.load import LOGIN_COLUMNS, StoredOutcome
+
+if TYPE_CHECKING:  # pandas loads where a batch is masked, not when Dagster loads the definitions
+    import pandas as pd
 
 STATUS_LOADABLE = "loadable"
 STATUS_REJECTED = "rejected"
@@ -96,6 +98,8 @@ def mask_messages(
     Of the others, those received more than `max_receive_count` times are rejected as poison unparsed.
     `limits_in_bytes`: the warehouse's varchar limits count bytes (see `records.parse_login`).
     """
+    import pandas as pd
+
     received_at = now or datetime.now(UTC)
     stored = stored or {}
     decided = [(m, stored_status(m, stored.get(m.key))) for m in messages]

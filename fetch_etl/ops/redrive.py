@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from tabulate import tabulate
-
-from fetch_etl.ops.status import resources_from_env
 from fetch_etl.queue.messages import (
     MAX_BATCH,
     ORIGINAL_MESSAGE_ID,
@@ -86,6 +83,8 @@ class RedriveResult:
         return "; ".join(parts) or None
 
     def table(self) -> str:
+        from tabulate import tabulate  # for the CLI's table only; a run loads this module too
+
         reasons = sorted(set(self.moved) | set(self.skipped) | set(self.failed))
         moved = "would move" if self.dry_run else "moved"
         rows = [(r, self.moved[r], self.skipped[r], self.failed[r]) for r in reasons]
@@ -225,6 +224,8 @@ def redrive_from_env(
     environ: Mapping[str, str], reasons: Collection[str] = (), limit: int | None = None, dry_run: bool = False
 ) -> RedriveResult:
     """The pipeline's SQS settings from the environment (as `fetch-etl status` reads them), full retries."""
+    from fetch_etl.ops.status import resources_from_env  # here: a run, which loads this module, needs none of status
+
     quick, _ = resources_from_env(environ)
     sqs = SqsResource(**{**quick.model_dump(), "max_attempts": SqsResource.model_fields["max_attempts"].default})
     return redrive(sqs, reasons, limit, dry_run)

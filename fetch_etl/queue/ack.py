@@ -11,14 +11,17 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import psycopg
 
 from fetch_etl.logins import frame as login_frame
 from fetch_etl.queue.messages import DeadLetter, QueueMessage
 from fetch_etl.queue.resource import SqsResource
 from fetch_etl.warehouse.load import LoadResult, claim_rejects, record_forwarding
+
+if TYPE_CHECKING:  # pandas loads where a batch is masked, not when Dagster loads the definitions
+    import pandas as pd
 
 
 @dataclass(frozen=True)

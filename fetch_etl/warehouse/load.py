@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import psycopg
 import psycopg.sql
 
@@ -19,6 +18,9 @@ from fetch_etl.warehouse.key_registry import check_mask_key as check_mask_key
 from fetch_etl.warehouse.key_registry import retire_mask_key as retire_mask_key
 from fetch_etl.warehouse.schema import USER_LOGINS_DDL as USER_LOGINS_DDL
 from fetch_etl.warehouse.schema import migrate as migrate
+
+if TYPE_CHECKING:  # pandas loads where a batch is masked, not when Dagster loads the definitions
+    import pandas as pd
 
 LOGIN_COLUMNS: tuple[str, ...] = (
     "message_id",
