@@ -61,7 +61,9 @@ class SqsResource(Boto3Configuration, SqsSending):
         description="Dead-letter queue URL (SQS_DLQ_URL); default: queue name + '-dlq', created if absent.",
     )
     visibility_timeout: int = Field(
-        default=900, description="Seconds received messages stay invisible; must cover a run."
+        default=120,
+        description="Seconds received messages stay invisible; the heartbeat extends them while the run lives, "
+        "so a dead run's messages return within this long.",
     )
     max_messages_per_run: int = Field(default=10_000, description="Upper bound on messages one run takes.")
     max_bytes_per_run: int = Field(

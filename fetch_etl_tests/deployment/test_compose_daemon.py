@@ -163,8 +163,11 @@ def wait_for_code_server(socket_path: Path, processes: Processes) -> None:
     deadline = time.monotonic() + 60
     check = [str(BIN / "dagster"), "api", "grpc-health-check", "--socket", str(socket_path)]
     while time.monotonic() < deadline:
-        if subprocess.run(check, capture_output=True, timeout=30, env=clean_env()).returncode == 0:
-            return
+        try:
+            if subprocess.run(check, capture_output=True, timeout=30, env=clean_env()).returncode == 0:
+                return
+        except subprocess.TimeoutExpired:  # a loaded machine: one slow check is not a verdict
+            pass
         time.sleep(1)
     pytest.fail(f"code server not healthy after 60s:\n{processes.logs()}")
 

@@ -238,7 +238,7 @@ def test_deploy_workspace_points_at_the_user_code_grpc_server() -> None:
 @pytest.mark.parametrize(
     ("config_file", "launcher"),
     [
-        ("dagster.yaml", "DefaultRunLauncher"),
+        ("dagster.yaml", "HealthCheckedRunLauncher"),
         ("dagster.docker-run-launcher.yaml", "DockerRunLauncher"),
         ("dagster.ecs.yaml", "EcsRunLauncher"),
         ("dagster.k8s.yaml", "K8sRunLauncher"),
