@@ -1,6 +1,6 @@
 """TEST SCAFFOLDING: what deploy/standins/compose-check.sh asks of the running Compose deployment, from the host.
 
-The messages are fetch_etl.synthetic's with fixed seeds, so the check knows every clear value: PRELOAD (the
+The messages are fetch_etl.local.synthetic's with fixed seeds, so the check knows every clear value: PRELOAD (the
 stand-in LocalStack's init hook sends them at start, like the reference image's 100) and CRASH (sent before the
 crash test). Subcommands (run with `uv run python deploy/standins/compose_probe.py ...`):
 
@@ -27,8 +27,8 @@ from typing import Any
 
 import psycopg
 
-from fetch_etl.schema import USER_LOGINS_DDL
-from fetch_etl.synthetic import generate_bodies
+from fetch_etl.local.synthetic import generate_bodies
+from fetch_etl.warehouse.schema import USER_LOGINS_DDL
 from fetch_etl_tests.localstack_legacy import query_client
 
 SETS = {"preload": (100, 2022, 0.01), "crash": (3000, 14, 0.0)}  # count, seed, malformed rate

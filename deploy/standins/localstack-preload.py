@@ -1,7 +1,7 @@
 """TEST SCAFFOLDING: the stand-in LocalStack's init hook (runs inside the image, on LocalStack's Python 3.10).
 
 Waits for the server, creates login-queue and sends the bodies of the JSON file given (written at image build
-from fetch_etl.synthetic with a fixed seed, so the Compose check knows every clear value). The image's boto3
+from fetch_etl.local.synthetic with a fixed seed, so the Compose check knows every clear value). The image's boto3
 is 2022's and speaks SQS's query protocol, as the server does.
 """
 
