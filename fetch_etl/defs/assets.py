@@ -206,19 +206,15 @@ def user_logins(
     """
     started = time.perf_counter()
     summary = login_frame.stats(masked_logins)
-    messages = ack.by_key(raw_login_messages)
     loadable, rejected = login_frame.loadable(masked_logins), login_frame.rejected(masked_logins)
     with postgres.connect() as conn:
         result = load_batch(conn, loadable, rejected)
-        forwarding = ack.forward_dead_letters(conn, sqs, ack.dead_letter_keys(masked_logins, result), messages)
+        acked = ack.acknowledge_run(conn, sqs, masked_logins, result, raw_login_messages)
         total_rows = table_row_count(conn)
         live_columns = probes.table_columns(conn)
         newest = probes.newest_rows(conn, TABLE_PREVIEW_COLUMNS)
         rejected_total = probes.rejects_by_reason(conn)
-    durable = ack.durable_keys(masked_logins, result, forwarding)
-    failed = ack.acknowledge(sqs, messages, durable)
-    extensions = sqs.release()  # whatever was not deleted comes back after one visibility timeout
-    deleted = sum(len(messages[key]) for key in durable) - len(failed)
+    forwarding, failed, deleted = acked.forwarding, acked.delete_failures, acked.deleted
     if failed:
         context.log.warning(f"{len(failed)} deletes failed; those messages will be redelivered and acknowledged")
     if forwarding.failed:
@@ -247,7 +243,7 @@ def user_logins(
             "dead_letter_held_elsewhere": len(forwarding.held_elsewhere),
             "deleted_from_queue": deleted,
             "delete_failures": len(failed),
-            "visibility_extensions": extensions,
+            "visibility_extensions": acked.visibility_extensions,
             "rejected_total_by_reason": MetadataValue.json(rejected_total),
             "dagster/row_count": total_rows,
             "dagster/column_schema": user_logins_schema(live_columns),

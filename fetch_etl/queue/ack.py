@@ -92,3 +92,28 @@ def durable_keys(frame: pd.DataFrame, load: LoadResult, forwarding: Forwarding) 
 def acknowledge(sqs: SqsResource, messages: Mapping[str, Sequence[QueueMessage]], keys: Iterable[str]) -> list[str]:
     """Delete every received copy of each key; returns the MessageIds not deleted (they come back)."""
     return sqs.delete([message for key in keys for message in messages[key]])
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    """What the ack step did with one run's messages."""
+
+    forwarding: Forwarding
+    deleted: int  # received copies deleted from the queue
+    delete_failures: list[str]  # MessageIds not deleted: they come back and are recognised from what is stored
+    visibility_extensions: int  # the heartbeat's extensions over the run
+
+
+def acknowledge_run(
+    conn: psycopg.Connection, sqs: SqsResource, frame: pd.DataFrame, load: LoadResult, received: Iterable[QueueMessage]
+) -> Acknowledgement:
+    """The ack step, once the load has committed: forward the rejects that need a dead-letter copy, delete
+    every message whose outcome is now durable, and hand the rest back (the heartbeat stops; they reappear
+    after one visibility timeout)."""
+    messages = by_key(received)
+    forwarding = forward_dead_letters(conn, sqs, dead_letter_keys(frame, load), messages)
+    durable = durable_keys(frame, load, forwarding)
+    failed = acknowledge(sqs, messages, durable)
+    extensions = sqs.release()
+    deleted = sum(len(messages[key]) for key in durable) - len(failed)
+    return Acknowledgement(forwarding, deleted, failed, extensions)
