@@ -13,8 +13,8 @@ from dagster._core.utils import make_new_run_id
 
 from fetch_etl.run_launcher import HealthCheckedRunLauncher
 from fetch_etl_tests.deploy_env import ROOT
+from fetch_etl_tests.deployment.test_compose_daemon import BIN, Processes, wait_for_code_server
 from fetch_etl_tests.helpers import clean_env
-from fetch_etl_tests.test_deploy_daemon import BIN, Processes, wait_for_code_server
 
 
 def _run_on(socket_path: Path | None) -> DagsterRun:
