@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import signal
 import subprocess
-from collections.abc import Sequence
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +203,22 @@ def write_chart(path: Path, results: Sequence[Measurement], title: str) -> bool:
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def run_in_scratch_dir(run: Callable[[Any, Path], int], args: Any, prefix: str, root: Path = Path(".fetch_etl")) -> int:
+    """A benchmark's main: `run(args, workdir)` in a fresh scratch dir under `root`, removed afterwards.
+
+    Ctrl-C and SIGTERM raise KeyboardInterrupt, so the `with` blocks of `run` stop every server it started.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    root.mkdir(exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=root)).resolve()
+    began = time.monotonic()
+    try:
+        return run(args, workdir)
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"benchmark took {time.monotonic() - began:.0f} s", file=sys.stderr)

@@ -20,12 +20,9 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +34,7 @@ from benchmarks import report, suite_report
 from benchmarks.consumers import Measurement, baseline, drain_limit, fetch_etl_run, pipeline_receive_parallelism
 from benchmarks.localstack_env import LocalStackServer, ensure_localstack_python, localstack_version
 from benchmarks.relay import RelayProcess
-from benchmarks.throughput import Bench, _code_state, _on_sigterm
+from benchmarks.throughput import Bench, _code_state
 from benchmarks.timeline import BIN, ROOT, run_process_marks, summary, timeline_env, whole_process_run
 from fetch_etl.local.servers import EmbeddedPostgres, drop_database
 from fetch_etl.local.synthetic import generate_bodies
@@ -234,19 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--parts", default="throughput,timeline,latency", help="which parts to run (default all)")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    root = ROOT / ".fetch_etl"
-    root.mkdir(exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="suite-", dir=root)).resolve()
-    began = time.monotonic()
-    try:
-        return run(args, workdir)
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        return 130
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        print(f"benchmark took {time.monotonic() - began:.0f} s", file=sys.stderr)
+    return report.run_in_scratch_dir(run, args, "suite-", ROOT / ".fetch_etl")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -251,18 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-seconds", type=float, default=20.0, help="time slower operations once")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # Ctrl-C and SIGTERM: stop PostgreSQL
-    Path(".fetch_etl").mkdir(exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="table-growth-", dir=".fetch_etl"))
-    began = time.monotonic()
-    try:
-        return run(args, workdir)
-    except KeyboardInterrupt:
-        print("interrupted; PostgreSQL stopped", file=sys.stderr)
-        return 130
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        print(f"benchmark took {time.monotonic() - began:.0f} s", file=sys.stderr)
+    return report.run_in_scratch_dir(run, args, "table-growth-")
 
 
 if __name__ == "__main__":

@@ -14,15 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import psycopg
 
@@ -86,10 +82,6 @@ def _code_state() -> dict[str, Any]:
         "commit": git("rev-parse", "HEAD"),
         "uncommitted_in_fetch_etl": git("status", "--short", "fetch_etl").splitlines(),
     }
-
-
-def _on_sigterm(*_: Any) -> NoReturn:
-    raise KeyboardInterrupt
 
 
 class Bench:
@@ -238,19 +230,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    root = Path(".fetch_etl")
-    root.mkdir(exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=root))
-    began = time.monotonic()
-    try:
-        return run(args, workdir)
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        return 130
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        print(f"benchmark took {time.monotonic() - began:.0f} s", file=sys.stderr)
+    return report.run_in_scratch_dir(run, args, "bench-")
 
 
 if __name__ == "__main__":
