@@ -131,7 +131,9 @@ def send(endpoint: str, name: str) -> None:
 
 
 def graphql(url: str) -> None:
-    from fetch_etl.definitions import defs
+    from fetch_etl.definitions import defs as build_definitions
+
+    definitions = build_definitions()  # Dagster's lazy @definitions: build them as a code server does
 
     query = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
         sensors { name }
@@ -146,10 +148,10 @@ def graphql(url: str) -> None:
     checks = {
         c["name"] for node in nodes for a in node["assetNodes"] for c in a["assetChecksOrError"].get("checks", [])
     }
-    graph = defs.resolve_asset_graph()
+    graph = definitions.resolve_asset_graph()
     want_assets = {key.to_user_string() for key in graph.get_all_asset_keys()}
     want_checks = {key.name for key in graph.asset_check_keys}
-    want_sensors = {s.name for s in defs.sensors or []}
+    want_sensors = {s.name for s in definitions.sensors or []}
     missing = (want_assets - assets) | (want_checks - checks) | (want_sensors - sensors)
     if missing or "login_queue_sensor" not in sensors or len(want_assets) != 3:
         raise SystemExit(f"GraphQL lacks {sorted(missing)}: assets {assets}, checks {checks}, sensors {sensors}")
