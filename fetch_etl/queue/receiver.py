@@ -2,9 +2,11 @@
 
 One ReceiveMessage returns at most ten messages and costs a full round trip (about 20 ms to real SQS), so a
 single receiver caps a run at a few hundred messages per second; N receivers overlap their round trips.
-Short polls (WaitTimeSeconds=0) are used while receives come back full, so a deep queue never waits; once
-one comes back short the queue looks empty and receivers long-poll, and the first empty long poll ends
-the drain for all of them. A shared reservation count keeps the distinct messages taken within `limit`.
+Short polls (WaitTimeSeconds=0) are used while receives come back full, so a deep queue never waits. When
+one comes back short, the receivers pause while `queue_empty` (one GetQueueAttributes call) is asked: no
+visible message left ends the drain at once, without the empty long poll's full wait; otherwise receivers
+long-poll, and the first empty long poll ends the drain for all of them. A shared reservation count keeps
+the distinct messages taken within `limit`.
 
 Receiving also stops, whichever comes first, when (see docs/reliability.md, "Every run ends"):
 - `max_bytes` of bodies are held (the calls already in flight are kept: at most `threads` x 10 messages more);
@@ -40,6 +42,8 @@ class ParallelReceiver(Generic[M]):
     `fetch(max_messages, wait_seconds)` makes one receive call and returns the converted messages;
     `hold(messages)` is called under the receiver's lock for every batch (visibility heartbeat).
     A message received twice keeps its newest receipt handle: each MessageId is handled once per run.
+    `queue_empty()`, when given, answers whether the queue holds no visible message; it is asked once each
+    time receives turn from full to short, and an error or a False answer leaves the long poll to decide.
     `stop_reason` says why receiving ended: drained, limit, bytes, deadline or redelivered.
     """
 
@@ -55,6 +59,7 @@ class ParallelReceiver(Generic[M]):
         size: Callable[[M], int] = lambda _: 0,
         max_seconds: float | None = None,
         expired_after: float = 0.0,
+        queue_empty: Callable[[], bool] | None = None,
     ) -> None:
         self._fetch = fetch
         self._hold = hold
@@ -65,14 +70,17 @@ class ParallelReceiver(Generic[M]):
         self._size = size
         self._max_seconds = max_seconds
         self._expired_after = expired_after
+        self._queue_empty = queue_empty
         self._deadline: float | None = None
         self._received: dict[str, M] = {}
         self._first_seen: dict[str, float] = {}
         self._bytes = 0
         self._reserved = 0  # messages asked for by receives still in flight
         self._looks_empty = False
+        self._asking = False  # a receiver is asking queue_empty(); the others wait for its answer
         self._done = threading.Event()
         self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
         self.stop_reason = ""
 
     def run(self, progress: Callable[[int], None] | None = None) -> list[M]:
@@ -115,6 +123,8 @@ class ParallelReceiver(Generic[M]):
     def _reserve(self) -> tuple[int, int]:
         """(how many to ask for, wait seconds); 0 when this receiver should stop."""
         with self._lock:
+            while self._asking and not self._done.is_set():
+                self._answered.wait()
             if self._done.is_set():
                 return 0, 0
             remaining = None if self._deadline is None else self._deadline - time.monotonic()
@@ -144,9 +154,27 @@ class ParallelReceiver(Generic[M]):
             with self._lock:  # release the reservation and count the batch at once, or another receiver overshoots
                 self._reserved -= want
                 self._take(batch)
+                turned_short = len(batch) < want and not self._looks_empty
                 self._looks_empty = len(batch) < want
                 if not batch and wait_seconds == self._wait:
                     self._stop("drained")  # an empty long poll (or an empty poll when long polling is off)
+                ask = turned_short and self._queue_empty is not None and not self._done.is_set() and not self._asking
+                self._asking = self._asking or ask
+            if ask:
+                self._ask_queue_empty()
+
+    def _ask_queue_empty(self) -> None:
+        """Ask whether anything visible is left; the other receivers wait for the answer (one round trip)."""
+        assert self._queue_empty is not None
+        try:
+            empty = self._queue_empty()
+        except Exception:  # an unanswered question changes nothing: the long poll decides
+            empty = False
+        with self._lock:
+            self._asking = False
+            if empty:
+                self._stop("drained")
+            self._answered.notify_all()
 
     def _take(self, batch: list[M]) -> None:
         """Under the lock: keep each message's newest copy, hold the batch, stop if a limit is reached."""

@@ -198,8 +198,9 @@ class SqsResource(Boto3Configuration, SqsSending):
     def receive(self, limit: int | None = None, progress: Callable[[int], None] | None = None) -> list[QueueMessage]:
         """Receive up to `limit` messages and `max_bytes_per_run` of bodies with `receive_threads` receivers.
 
-        Receiving ends at an empty long poll, at either limit, half a visibility timeout after it began (what
-        the heartbeat can keep invisible), or when a held message comes back expired, so a run always ends.
+        Receiving ends when a short receive finds no visible message left (else at an empty long poll), at
+        either limit, half a visibility timeout after it began (what the heartbeat can keep invisible), or when
+        a held message comes back expired, so a run always ends.
         A message received twice keeps only its newest receipt handle, so each MessageId is handled once per
         run. See sqs_receive for the polling policy; `last_receive_stop` says which of these ended it.
         """
@@ -229,6 +230,7 @@ class SqsResource(Boto3Configuration, SqsSending):
             size=body_bytes,
             max_seconds=self.visibility_timeout / 2,
             expired_after=self.visibility_timeout / 2,
+            queue_empty=lambda: self.depth().visible == 0,
         )
         messages = receiver.run(progress)
         self._receive_stop = receiver.stop_reason

@@ -63,10 +63,90 @@ def test_short_polls_while_batches_are_full_then_one_empty_long_poll_ends_the_dr
         calls.append((max_messages, wait_seconds, len(batch)))
         return batch
 
-    receiver = ParallelReceiver(fetch, lambda _: None, limit=100, threads=1, wait_time_seconds=1)
+    receiver = ParallelReceiver(fetch, lambda _: None, limit=100, threads=1, wait_time_seconds=1)  # no queue_empty
 
     assert len(receiver.run()) == 25
     assert calls == [(10, 0, 10), (10, 0, 10), (10, 0, 5), (10, 1, 0)]
+
+
+def _recording_fetch(sqs_client: Any, queue_url: str, calls: list[tuple[int, int, int]]) -> Any:
+    def fetch(max_messages: int, wait_seconds: int) -> list[QueueMessage]:
+        response = sqs_client.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=max_messages, WaitTimeSeconds=wait_seconds, VisibilityTimeout=30
+        )
+        batch = [QueueMessage(m["MessageId"], m["ReceiptHandle"], "", None, 1) for m in response.get("Messages", [])]
+        calls.append((max_messages, wait_seconds, len(batch)))
+        return batch
+
+    return fetch
+
+
+def test_a_short_receive_on_an_empty_queue_ends_the_drain_without_the_long_poll(
+    sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
+) -> None:
+    send(sqs_client, queue_urls.queue_url, generate_bodies(25, seed=24))
+    calls: list[tuple[int, int, int]] = []
+    asked: list[int] = []
+    sqs = sqs_resource(sqs_endpoint, queue_urls)
+
+    def queue_empty() -> bool:
+        asked.append(sqs.depth().visible)
+        return asked[-1] == 0
+
+    fetch = _recording_fetch(sqs_client, queue_urls.queue_url, calls)
+    receiver = ParallelReceiver(
+        fetch, lambda _: None, limit=100, threads=1, wait_time_seconds=1, queue_empty=queue_empty
+    )
+
+    assert len(receiver.run()) == 25
+    assert calls == [(10, 0, 10), (10, 0, 10), (10, 0, 5)]  # no long poll: the depth said nothing is left
+    assert asked == [0]
+    assert receiver.stop_reason == "drained"
+
+
+@pytest.mark.parametrize("answer", ["not empty", "error"])
+def test_when_the_queue_is_not_known_empty_the_long_poll_still_decides(
+    answer: str, sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
+) -> None:
+    send(sqs_client, queue_urls.queue_url, generate_bodies(15, seed=25))
+    calls: list[tuple[int, int, int]] = []
+
+    def queue_empty() -> bool:
+        if answer == "error":
+            raise RuntimeError("GetQueueAttributes refused")
+        return False
+
+    fetch = _recording_fetch(sqs_client, queue_urls.queue_url, calls)
+    receiver = ParallelReceiver(
+        fetch, lambda _: None, limit=100, threads=1, wait_time_seconds=1, queue_empty=queue_empty
+    )
+
+    assert len(receiver.run()) == 15
+    assert calls == [(10, 0, 10), (10, 0, 5), (10, 1, 0)]
+    assert receiver.stop_reason == "drained"
+
+
+def test_receivers_wait_for_the_answer_and_take_what_arrived_meanwhile(
+    sqs_endpoint: str, sqs_client: Any, queue_urls: QueueUrls
+) -> None:
+    """While one receiver asks, the others hold off; messages sent before the answer are still taken."""
+    send(sqs_client, queue_urls.queue_url, generate_bodies(5, seed=26))
+    calls: list[tuple[int, int, int]] = []
+    late = generate_bodies(7, seed=27)
+
+    def queue_empty() -> bool:
+        if late:
+            send(sqs_client, queue_urls.queue_url, late)  # arrives while the receivers wait for this answer
+            late.clear()
+        return False
+
+    fetch = _recording_fetch(sqs_client, queue_urls.queue_url, calls)
+    receiver = ParallelReceiver(
+        fetch, lambda _: None, limit=100, threads=4, wait_time_seconds=1, queue_empty=queue_empty
+    )
+
+    assert len(receiver.run()) == 12
+    assert receiver.stop_reason == "drained"
 
 
 def test_the_connection_pool_covers_every_receiver_heartbeat_call_and_deleter(
