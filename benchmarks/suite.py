@@ -35,7 +35,15 @@ from benchmarks.consumers import Measurement, baseline, drain_limit, fetch_etl_r
 from benchmarks.localstack_env import LocalStackServer, ensure_localstack_python, localstack_version
 from benchmarks.relay import RelayProcess
 from benchmarks.throughput import Bench, _code_state
-from benchmarks.timeline import BIN, ROOT, run_process_marks, summary, timeline_env, whole_process_run
+from benchmarks.timeline import (
+    BIN,
+    ROOT,
+    compile_bytecode,
+    run_process_marks,
+    summary,
+    timeline_env,
+    whole_process_run,
+)
 from fetch_etl.local.servers import EmbeddedPostgres, drop_database
 from fetch_etl.local.synthetic import generate_bodies
 
@@ -141,6 +149,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     settings = [(0.0, n_loop), (args.delay_ms, n_delay)] if args.delay_ms else [(0.0, n_loop)]
     threads, _ = pipeline_receive_parallelism()
     python = ensure_localstack_python(args.localstack_python)
+    bytecode = {"compiled": [], "note": "--source: left as found"} if args.source else compile_bytecode()
     started_at = datetime.now(UTC)
     loads = {"start": load_average()}
     results: list[Measurement] = []
@@ -189,6 +198,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         "machine": machine,
         "load_average": loads,
         "code": _code_state(),
+        "bytecode": bytecode,
         "setup": {
             "queue": "LocalStack SQS (host mode, twisted gateway, 127.0.0.1 only), JSON protocol",
             "database": "embedded PostgreSQL (fsync=off, synchronous_commit=off), 127.0.0.1",
@@ -229,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-samples", type=int, default=None, help="default 5 (0 skips the latency part)")
     parser.add_argument("--localstack-python", default=None, help="interpreter with localstack-core installed")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--source", action="store_true", help="do not byte-compile the venv first (start-up as on a first import)"
+    )
     parser.add_argument("--parts", default="throughput,timeline,latency", help="which parts to run (default all)")
     args = parser.parse_args(argv)
     return report.run_in_scratch_dir(run, args, "suite-", ROOT / ".fetch_etl")
