@@ -14,6 +14,9 @@ container or EKS pod role, the instance profile).
 
 from __future__ import annotations
 
+import atexit
+import functools
+import gc
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -67,9 +70,21 @@ def masking_from_env(environ: Mapping[str, str], **overrides: Any) -> PiiMasking
     return PiiMaskingResource(**{**settings_from_env(MASKING_ENV, environ), **overrides})
 
 
+@functools.cache
+def _freeze_heap_at_exit() -> None:
+    """Once per process: at exit, freeze the heap before the interpreter's final collection.
+
+    That last full garbage collection walks every object Dagster, botocore and pandas created (~0.5 s and as
+    much CPU per run process here); frozen objects are skipped, and the OS frees the memory anyway. Connections
+    and files are closed by the code that opened them, not by the collector.
+    """
+    atexit.register(gc.freeze)
+
+
 @resource(description="SQS queue and dead-letter queue, from the run's environment (SQS_*, AWS_*).")
 def sqs_from_run_env(context: InitResourceContext) -> Iterator[SqsResource]:
     """The `sqs` resource, built from the run's environment as the run starts; torn down with it."""
+    _freeze_heap_at_exit()
     sqs = sqs_from_env(os.environ)
     try:
         yield sqs
