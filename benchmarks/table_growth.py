@@ -32,7 +32,7 @@ import psycopg
 from benchmarks import report
 from benchmarks.consumers import BENCH_KEY_HEX
 from fetch_etl.defs.checks import accepted_shapes
-from fetch_etl.defs.metadata import TABLE_PREVIEW_COLUMNS
+from fetch_etl.defs.metadata import PREVIEW_COLUMNS
 from fetch_etl.local.servers import EmbeddedPostgres, create_database
 from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl.logins import frame as login_frame
@@ -122,7 +122,7 @@ def operations(conn: psycopg.Connection, key_id: str, last: list[Any]) -> dict[s
         "check_mask_key": lambda: check_mask_key(conn, key_id, "hmac"),
         "table_row_count": lambda: table_row_count(conn),
         "probes.table_columns": lambda: probes.table_columns(conn),
-        "probes.newest_rows": lambda: probes.newest_rows(conn, TABLE_PREVIEW_COLUMNS),
+        "probes.newest_rows": lambda: probes.newest_rows(conn, PREVIEW_COLUMNS),
         "probes.rejects_by_reason": lambda: probes.rejects_by_reason(conn),
         "check:required_columns_not_null": lambda: (ok(), probes.null_counts(conn, last[0])),
         "check:message_id_unique": lambda: (ok(), probes.duplicate_message_ids(conn, loaded_at=last[0])),

@@ -22,7 +22,7 @@ from dagster import (
 
 from fetch_etl.defs.automation import INGEST_POOL
 from fetch_etl.defs.metadata import (
-    TABLE_PREVIEW_COLUMNS,
+    PREVIEW_COLUMNS,
     masked_logins_schema,
     rate,
     rows_preview,
@@ -59,7 +59,6 @@ MASKED_FRAME = DagsterType(
         type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas")
     ),
 )
-PREVIEW_COLUMNS = ("user_id", "device_type", "masked_ip", "masked_device_id", "locale", "app_version")
 
 
 def _timing(count: int, started: float) -> dict[str, float]:
@@ -83,10 +82,8 @@ def import_pandas_in_background() -> None:
 
 def masked_preview(frame: "pd.DataFrame", rows: int = 5) -> str:
     """A markdown table of a few loadable rows: masked columns only, tokens shortened."""
-    sample = login_frame.loadable(frame).loc[:, list(PREVIEW_COLUMNS)].head(rows).copy()
-    for column in ("masked_ip", "masked_device_id"):
-        sample[column] = sample[column].map(lambda token: f"{token[:16]}…")
-    return sample.to_markdown(index=False) if len(sample) else "_no loadable rows in this batch_"
+    sample = login_frame.loadable(frame).head(rows).to_dict("records")
+    return rows_preview(sample, empty="_no loadable rows in this batch_")
 
 
 @asset(
@@ -212,7 +209,7 @@ def user_logins(
         acked = ack.acknowledge_run(conn, sqs, masked_logins, result, raw_login_messages)
         total_rows = table_row_count(conn)
         live_columns = probes.table_columns(conn)
-        newest = probes.newest_rows(conn, TABLE_PREVIEW_COLUMNS)
+        newest = probes.newest_rows(conn, PREVIEW_COLUMNS)
         rejected_total = probes.rejects_by_reason(conn)
     forwarding, failed, deleted = acked.forwarding, acked.delete_failures, acked.deleted
     if failed:

@@ -16,43 +16,31 @@ import psycopg.sql
 
 from fetch_etl.warehouse.key_registry import check_mask_key as check_mask_key
 from fetch_etl.warehouse.key_registry import retire_mask_key as retire_mask_key
+from fetch_etl.warehouse.schema import USER_LOGINS, USER_LOGINS_REJECTED, Column
 from fetch_etl.warehouse.schema import USER_LOGINS_DDL as USER_LOGINS_DDL
 from fetch_etl.warehouse.schema import migrate as migrate
 
 if TYPE_CHECKING:  # pandas loads where a batch is masked, not when Dagster loads the definitions
     import pandas as pd
 
-LOGIN_COLUMNS: tuple[str, ...] = (
-    "message_id",
-    "user_id",
-    "device_type",
-    "masked_ip",
-    "masked_device_id",
-    "locale",
-    "app_version",
-    "app_version_raw",
-    "create_date",
-    "mask_key_id",
-)
-REJECT_COLUMNS: tuple[str, ...] = (
-    "message_id",
-    "reason_code",
-    "reason",
-    "received_at",
-    "masked_ip",
-    "masked_device_id",
-    "mask_key_id",
-    "sent_at",
-    "redriven_at",
-)
-_REJECT_TYPES = {"received_at": "timestamptz", "sent_at": "timestamptz", "redriven_at": "timestamptz"}
+# Everything below is derived from the table specs in schema.py: a column is added there, not here.
+LOGIN_COLUMNS: tuple[str, ...] = USER_LOGINS.written  # the frame's columns the load COPYs (not loaded_at)
+REJECT_COLUMNS: tuple[str, ...] = USER_LOGINS_REJECTED.written  # not the ack path's dead_letter* columns
 
-_STAGE_DDL = """
-CREATE TEMP TABLE fetch_etl_stage (
-    message_id text, user_id varchar(128), device_type varchar(32), masked_ip varchar(256),
-    masked_device_id varchar(256), locale varchar(32), app_version integer, app_version_raw text,
-    create_date date, mask_key_id text
-) ON COMMIT DROP"""
+
+def _array_type(column: Column) -> str:
+    """The array a column's values are sent as: its own type, but varchar(n) as text, so an over-long value
+    fails the INSERT (assignment cast) instead of being cut short by an explicit ::varchar(n)[] cast."""
+    return "text" if column.sql_type.startswith("varchar") else column.sql_type
+
+
+_REJECT_TYPES = {c.name: _array_type(c) for c in USER_LOGINS_REJECTED.columns if _array_type(c) != "text"}
+
+_STAGE_DDL = (
+    "\nCREATE TEMP TABLE fetch_etl_stage (\n    "
+    + ", ".join(f"{name} {USER_LOGINS.column(name).sql_type}" for name in LOGIN_COLUMNS)
+    + "\n) ON COMMIT DROP"
+)
 
 
 @dataclass(frozen=True)

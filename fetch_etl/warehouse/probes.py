@@ -18,11 +18,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fetch_etl.queue.messages import QueueDepth, QueueError, QueueMessage
 from fetch_etl.queue.resource import SqsResource
+from fetch_etl.warehouse.schema import USER_LOGINS
 
 # Rows that fetch-etl loaded itself; a pre-existing reference table may hold legacy rows without one.
 LOADED_BY_FETCH_ETL = "message_id IS NOT NULL"
-REQUIRED_COLUMNS: tuple[str, ...] = ("masked_ip", "masked_device_id", "user_id", "app_version")
-TOKEN_COLUMNS: tuple[str, ...] = ("masked_ip", "masked_device_id")
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in USER_LOGINS.columns if c.required)
+TOKEN_COLUMNS: tuple[str, ...] = tuple(c.name for c in USER_LOGINS.columns if c.token)
 
 
 def table_columns(conn: psycopg.Connection, table: str = "user_logins") -> list[tuple[str, str]]:
