@@ -23,6 +23,7 @@ from dagster import (
 
 from fetch_etl.logins import masking
 from fetch_etl.logins.masking import TOKEN_SHAPES, TokenShape
+from fetch_etl.queue import probes as queue_probes
 from fetch_etl.queue.messages import QueueError
 from fetch_etl.queue.resource import SqsResource
 from fetch_etl.warehouse import probes
@@ -234,7 +235,7 @@ def reject_rate_below_threshold(context: AssetCheckExecutionContext) -> AssetChe
 )
 def dead_letter_queue_depth(sqs: SqsResource) -> AssetCheckResult:
     try:
-        url, depth = probes.dlq_depth(sqs)
+        url, depth = queue_probes.dlq_depth(sqs)
     except QueueError as err:
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, description=str(err))
     total = depth.visible + depth.in_flight + depth.delayed

@@ -21,6 +21,12 @@ RECEIVED_ATTRIBUTES = (ORIGINAL_MESSAGE_ID, ORIGINAL_SENT_TIMESTAMP, REDRIVEN_AT
 # SQS_MAX_RECEIVE_COUNT's default. A queue's own redrive policy must allow more receives than this, or SQS
 # moves a failing message to the DLQ before the pipeline can record it (docs/reliability.md).
 DEFAULT_MAX_RECEIVE_COUNT = 10
+DLQ_SUFFIX = "-dlq"  # the default dead-letter queue sits beside the queue: `<queue name>-dlq`
+
+
+def default_dlq_name(queue: str) -> str:
+    """The dead-letter queue used when SQS_DLQ_URL is unset: the queue's name (from its URL) + '-dlq'."""
+    return queue.rstrip("/").rsplit("/", 1)[-1] + DLQ_SUFFIX
 
 
 class QueueError(RuntimeError):
