@@ -16,7 +16,7 @@ from dagster import AssetKey, TableColumn, TableColumnDep, TableColumnLineage, T
 from fetch_etl.warehouse.load import LOGIN_COLUMNS
 from fetch_etl.warehouse.schema import USER_LOGINS
 
-if TYPE_CHECKING:  # pandas loads where a batch is masked, not when Dagster loads the definitions
+if TYPE_CHECKING:  # pandas loads where a run's messages are masked, not when Dagster loads the definitions
     import pandas as pd
 
 MASKED_LOGINS = AssetKey("masked_logins")
@@ -26,13 +26,13 @@ TOKEN_PREVIEW_CHARS = 12
 COLUMN_DESCRIPTIONS: dict[str, str] = {c.name: c.description for c in USER_LOGINS.columns}
 
 # The masked_logins DataFrame: LOGIN_COLUMNS plus the per-message verdict.
-BATCH_COLUMN_DESCRIPTIONS: dict[str, str] = {
+FRAME_COLUMN_DESCRIPTIONS: dict[str, str] = {
     **{name: COLUMN_DESCRIPTIONS[name] for name in LOGIN_COLUMNS},
     "status": "loadable or rejected (evaluated now), or already_loaded, already_dead_lettered or "
     "awaiting_dead_letter (decided by what is stored).",
     "reason_code": "Why a message was rejected (e.g. invalid_json); NULL when loadable.",
     "reason": "A readable sentence saying why; never quotes a field value.",
-    "received_at": "When this run received the batch.",
+    "received_at": "When this run received the message.",
     "sent_at": "SQS's SentTimestamp of the original message (kept by dead letters and redrives).",
     "redriven_at": "When `fetch-etl redrive` sent this copy; NULL for a plain message.",
 }
@@ -66,10 +66,10 @@ def _frame_type(dtype: Any) -> str:
 
 
 def masked_logins_schema(frame: pd.DataFrame) -> TableSchema:
-    """The batch frame's columns, with the dtype pandas holds them in."""
+    """The masked frame's columns, with the dtype pandas holds them in."""
     return TableSchema(
         columns=[
-            TableColumn(str(name), _frame_type(frame[name].dtype), description=BATCH_COLUMN_DESCRIPTIONS.get(str(name)))
+            TableColumn(str(name), _frame_type(frame[name].dtype), description=FRAME_COLUMN_DESCRIPTIONS.get(str(name)))
             for name in frame.columns
         ]
     )

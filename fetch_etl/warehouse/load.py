@@ -20,7 +20,7 @@ from fetch_etl.warehouse.schema import USER_LOGINS, USER_LOGINS_REJECTED, Column
 from fetch_etl.warehouse.schema import USER_LOGINS_DDL as USER_LOGINS_DDL
 from fetch_etl.warehouse.schema import migrate as migrate
 
-if TYPE_CHECKING:  # pandas loads where a batch is masked, not when Dagster loads the definitions
+if TYPE_CHECKING:  # pandas loads where a run's messages are masked, not when Dagster loads the definitions
     import pandas as pd
 
 # Everything below is derived from the table specs in schema.py: a column is added there, not here.
@@ -85,7 +85,7 @@ def _copy(cur: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows: It
 
 
 def _insert_logins(cur: psycopg.Cursor[Any], logins: pd.DataFrame, loaded_at: datetime) -> tuple[int, str]:
-    """Insert the batch's logins that are not in the table yet; returns (inserted, path).
+    """Insert the run's logins that are not in the table yet; returns (inserted, path).
 
     Fast path "copy": COPY straight into `user_logins` inside a savepoint, `loaded_at` = the transaction's
     now(). If any MessageId is already there (a redelivery after a crash, or a concurrent run holding the
@@ -109,10 +109,10 @@ def _insert_logins(cur: psycopg.Cursor[Any], logins: pd.DataFrame, loaded_at: da
     return cur.rowcount, "merge"
 
 
-def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataFrame) -> LoadResult:
+def load_run(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataFrame) -> LoadResult:
     """In ONE transaction: insert the new logins (COPY; merge on redelivery), record the rejects, and mark
     the rejects rows of redriven messages that now load."""
-    unique_logins = logins.drop_duplicates("message_id")  # SQS may hand one message out twice in a batch
+    unique_logins = logins.drop_duplicates("message_id")  # SQS may hand one message out twice in a run
     unique_rejects = rejects.drop_duplicates("message_id")
     with conn.transaction(), conn.cursor() as cur:
         row = cur.execute("SELECT now()").fetchone()  # the transaction's time: every row of this load gets it
@@ -131,7 +131,7 @@ def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataF
 
 
 def _unnest(columns: Sequence[str], types: dict[str, str]) -> str:
-    """`unnest(%s::text[], …) AS v(columns…)`: a batch as one set-based statement's rows."""
+    """`unnest(%s::text[], …) AS v(columns…)`: one array per column as the rows of one set-based statement."""
     arrays = ", ".join(f"%s::{types.get(column, 'text')}[]" for column in columns)
     return f"unnest({arrays}) AS v({', '.join(columns)})"
 
