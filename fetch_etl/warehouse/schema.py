@@ -1,5 +1,11 @@
 """The warehouse schema fetch-etl needs, and a migration that reads the catalog first and changes only what is missing.
 
+The one spec of each table is its `Table` of `Column`s below: the reference DDL, the columns the migration
+adds, the load's column lists and staging table (load.py), the UI's TableSchema and descriptions
+(defs/metadata.py), the checks' token and required columns (probes.py) and the parser's varchar limits
+(logins/records.py) are all derived from it. Adding a column is one `Column(...)` here, plus, for a value
+taken from the message body, where it is parsed (logins/records.py) and put in the frame (logins/frame.py).
+
 `user_logins` may already exist exactly as the reference image creates it; we only add what the pipeline
 needs (idempotency key, raw version, load time, key id) and never change existing columns. DDL takes
 strong locks (ADD COLUMN and CREATE OR REPLACE VIEW take ACCESS EXCLUSIVE, even when they change nothing),
@@ -50,6 +56,15 @@ class Column:
     written: bool = True  # the load writes it from the frame; False: set in SQL (loaded_at, the ack columns)
     token: bool = False  # holds a keyed token (checked for a known shape, shortened in previews)
     required: bool = False  # never NULL in a row fetch-etl loaded (the required_columns_not_null check)
+
+    @property
+    def max_chars(self) -> int | None:
+        """n of varchar(n): the most characters a value may have (bytes on a SQL_ASCII server); else None."""
+        return (
+            int(self.sql_type.removeprefix("varchar(").removesuffix(")"))
+            if self.sql_type.startswith("varchar(")
+            else None
+        )
 
     @property
     def not_null(self) -> bool:
