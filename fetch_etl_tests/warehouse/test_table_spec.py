@@ -7,6 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from fetch_etl.defs.metadata import COLUMN_DESCRIPTIONS, PREVIEW_COLUMNS, SHORTENED_COLUMNS
 from fetch_etl.warehouse import load
 from fetch_etl.warehouse.schema import TABLES, USER_LOGINS, USER_LOGINS_DDL, USER_LOGINS_REJECTED, Table, migrate
 
@@ -84,3 +85,9 @@ def test_the_load_writes_every_column_but_those_set_in_sql() -> None:
     assert set(USER_LOGINS.names) - set(load.LOGIN_COLUMNS) == {"loaded_at"}
     set_in_sql = {"dead_lettered_at", "dead_letter_error"}  # by the ack path
     assert set(load.REJECT_COLUMNS) == set(USER_LOGINS_REJECTED.names) - set_in_sql
+
+
+def test_the_ui_metadata_derives_from_the_spec() -> None:
+    assert set(PREVIEW_COLUMNS) <= set(USER_LOGINS.names), "a preview column that user_logins does not have"
+    assert {"masked_ip", "masked_device_id"} == SHORTENED_COLUMNS
+    assert list(COLUMN_DESCRIPTIONS) == list(USER_LOGINS.names) and all(COLUMN_DESCRIPTIONS.values())
