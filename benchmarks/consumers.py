@@ -27,7 +27,7 @@ from fetch_etl.logins import frame as login_frame
 from fetch_etl.logins.resource import PiiMaskingResource
 from fetch_etl.queue.messages import QueueMessage
 from fetch_etl.queue.resource import SqsResource
-from fetch_etl.warehouse.load import LOGIN_COLUMNS, load_batch, migrate, rows_for_copy
+from fetch_etl.warehouse.load import LOGIN_COLUMNS, load_run, migrate, rows_for_copy
 from fetch_etl.warehouse.resource import PostgresResource
 
 BENCH_KEY_HEX = "5a" * 32  # a throwaway masking key for synthetic data only
@@ -308,7 +308,7 @@ def fetch_etl_run(
 
 
 def _timed_copy(conn: psycopg.Connection, table: str, frame: Any) -> float:
-    """DataFrame -> rows -> COPY into `table`, in one transaction; the same conversion load_batch does."""
+    """DataFrame -> rows -> COPY into `table`, in one transaction; the same conversion load_run does."""
     started = time.perf_counter()
     sql = f"COPY {table} ({', '.join(LOGIN_COLUMNS)}) FROM STDIN"
     with conn.transaction(), conn.cursor() as cur, cur.copy(sql) as copy:
@@ -318,7 +318,7 @@ def _timed_copy(conn: psycopg.Connection, table: str, frame: Any) -> float:
 
 
 def load_vs_copy(database_url: str, bodies: Sequence[str]) -> dict[str, Any]:
-    """fetch_etl.warehouse.load.load_batch on a masked frame vs a plain COPY of the same rows from the same frame.
+    """fetch_etl.warehouse.load.load_run on a masked frame vs a plain COPY of the same rows from the same frame.
 
     Raw COPY goes into a bare table of user_logins' columns (no index: the issue's yardstick) and, for
     reference, into a copy with user_logins' indexes (the unique MessageId index idempotency needs).
@@ -337,7 +337,7 @@ def load_vs_copy(database_url: str, bodies: Sequence[str]) -> dict[str, Any]:
         copy_seconds = _timed_copy(conn, "raw_copy", logins)
         indexed_seconds = _timed_copy(conn, "raw_copy_indexed", logins)
         started = time.perf_counter()
-        result = load_batch(conn, logins, rejects)
+        result = load_run(conn, logins, rejects)
         load_seconds = time.perf_counter() - started
     rows = len(logins)
     return {

@@ -6,7 +6,7 @@
 One database is grown through --sizes (server-side INSERT ... SELECT of one masked synthetic frame with
 fresh MessageIds, loaded_at one minute per --batch rows, 1% as many rows in user_logins_rejected, then
 VACUUM ANALYZE). At each size every database call of a sensor-driven run is timed --reps times (median):
-load_batch of a fresh batch, the reads of the `user_logins` asset and the SQL of the asset checks. Checks
+load_run of a fresh batch, the reads of the `user_logins` asset and the SQL of the asset checks. Checks
 that read only Dagster metadata or the DLQ (reject_rate_below_threshold, dead_letter_queue_depth) are
 skipped. Writes <out-dir>/table-growth-<date>.json; the server is stopped by PID at the end, also on Ctrl-C.
 """
@@ -32,19 +32,19 @@ import psycopg
 from benchmarks import report
 from benchmarks.consumers import BENCH_KEY_HEX
 from fetch_etl.defs.checks import accepted_shapes
-from fetch_etl.defs.metadata import TABLE_PREVIEW_COLUMNS
+from fetch_etl.defs.metadata import PREVIEW_COLUMNS
 from fetch_etl.local.servers import EmbeddedPostgres, create_database
 from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl.logins import frame as login_frame
 from fetch_etl.logins.resource import PiiMaskingResource
 from fetch_etl.queue.messages import QueueMessage
 from fetch_etl.warehouse import probes
-from fetch_etl.warehouse.load import LOGIN_COLUMNS, check_mask_key, load_batch, migrate, table_row_count
+from fetch_etl.warehouse.load import LOGIN_COLUMNS, check_mask_key, load_run, migrate, table_row_count
 
 RESULTS = Path(__file__).parent / "results"
 SEED_ROWS = 50_000  # one masked frame, re-inserted with fresh MessageIds until the table has M rows
 ASSET_READS = ("table_row_count", "probes.table_columns", "probes.newest_rows", "probes.rejects_by_reason")
-# In an ingest run the table checks read that run's load only (checks.batch_scope); on their own, the table.
+# In an ingest run the table checks read that run's load only (checks.run_scope); on their own, the table.
 CHECKS = ("check:required_columns_not_null", "check:message_id_unique", "check:tokens_well_formed")
 WHOLE_TABLE_CHECKS = tuple(name.replace("check:", "check (whole table):") for name in CHECKS)
 FIXED = ("migrate", "check_mask_key")
@@ -122,7 +122,7 @@ def operations(conn: psycopg.Connection, key_id: str, last: list[Any]) -> dict[s
         "check_mask_key": lambda: check_mask_key(conn, key_id, "hmac"),
         "table_row_count": lambda: table_row_count(conn),
         "probes.table_columns": lambda: probes.table_columns(conn),
-        "probes.newest_rows": lambda: probes.newest_rows(conn, TABLE_PREVIEW_COLUMNS),
+        "probes.newest_rows": lambda: probes.newest_rows(conn, PREVIEW_COLUMNS),
         "probes.rejects_by_reason": lambda: probes.rejects_by_reason(conn),
         "check:required_columns_not_null": lambda: (ok(), probes.null_counts(conn, last[0])),
         "check:message_id_unique": lambda: (ok(), probes.duplicate_message_ids(conn, loaded_at=last[0])),
@@ -148,10 +148,10 @@ def measure(conn: psycopg.Connection, frames: tuple[pd.DataFrame, pd.DataFrame],
     ops = operations(conn, key_id, last)
 
     def load() -> None:
-        last[0] = load_batch(conn, fresh_ids(frames[0]), fresh_ids(frames[1])).loaded_at
+        last[0] = load_run(conn, fresh_ids(frames[0]), fresh_ids(frames[1])).loaded_at
 
     for rep in range(args.reps):
-        timed: dict[str, Callable[[], object]] = {"load_batch": load, **ops}
+        timed: dict[str, Callable[[], object]] = {"load_run": load, **ops}
         for name, call in timed.items():
             if rep and samples[name][0] > args.slow_seconds:
                 continue
@@ -163,7 +163,7 @@ def measure(conn: psycopg.Connection, frames: tuple[pd.DataFrame, pd.DataFrame],
     medians["sum: checks"] = sum(medians[n] for n in CHECKS)
     medians["per-run read cost"] = medians["sum: asset reads"] + medians["sum: checks"]
     medians["checks on their own (whole table)"] = sum(medians[n] for n in WHOLE_TABLE_CHECKS)
-    medians["per-run DB total"] = medians["per-run read cost"] + medians["load_batch"] + sum(medians[n] for n in FIXED)
+    medians["per-run DB total"] = medians["per-run read cost"] + medians["load_run"] + sum(medians[n] for n in FIXED)
     return {"seconds": medians, "samples": samples}
 
 

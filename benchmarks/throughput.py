@@ -172,7 +172,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             bodies = generate_bodies(n, seed=n)
             loads.append(bench.load(bodies))
             print(
-                f"  load N={n:,}: load_batch {loads[-1]['load_rows_per_second']:.0f} rows/s, "
+                f"  load N={n:,}: load_run {loads[-1]['load_rows_per_second']:.0f} rows/s, "
                 f"raw COPY {loads[-1]['copy_rows_per_second']:.0f} rows/s"
             )
             for delay in delays:

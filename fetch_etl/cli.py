@@ -236,10 +236,10 @@ def demo(messages: int, seed_value: int | None, state_dir: Path) -> None:
 def _produce(queue_url: str, rate: float, stop: threading.Event) -> None:
     """Keep sending synthetic logins at about `rate` per second, so the sensor keeps firing."""
     sqs = _queue(queue_url)
-    batch = max(1, min(100, int(rate)))
-    while not stop.wait(batch / rate):
+    per_send = max(1, min(100, int(rate)))
+    while not stop.wait(per_send / rate):
         try:
-            sqs.send_bodies(generate_bodies(batch))
+            sqs.send_bodies(generate_bodies(per_send))
         except QueueError as err:
             log.warning("producer: %s", err)
 

@@ -58,7 +58,7 @@ def install(point: str) -> None:
 
         warehouse_load._insert_logins = insert_then_die
     elif point == "after_commit":
-        assets.load_batch = _then_die(assets.load_batch)  # committed, nothing forwarded or deleted
+        assets.load_run = _then_die(assets.load_run)  # committed, nothing forwarded or deleted
     elif point == "after_dead_letter":
         ack.forward_dead_letters = _then_die(ack.forward_dead_letters)  # forwarded and recorded, none deleted
     elif point == "mid_delete":

@@ -16,11 +16,10 @@ from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
 from fetch_etl.defs.assets import masked_logins, raw_login_messages, user_logins
 from fetch_etl.defs.io_managers import batch_io_manager
+from fetch_etl.defs.resources import masking_from_env, postgres_from_env, sqs_from_env
 from fetch_etl.local.stack import QueueUrls
-from fetch_etl.logins.resource import PiiMaskingResource
 from fetch_etl.queue.messages import QueueMessage
 from fetch_etl.queue.resource import SqsResource
-from fetch_etl.warehouse.resource import PostgresResource
 
 TEST_KEY_HEX = "0f" * 32
 FOO_BAR = '{"foo": "oops_wrong_msg_type", "bar": "123"}'  # the reference traffic's non-login message
@@ -28,24 +27,29 @@ NOT_JSON = "this is {not json"
 ASSETS = [raw_login_messages, masked_logins, user_logins]
 
 
-def sqs_resource(endpoint: str, queues: QueueUrls, **overrides: Any) -> SqsResource:
-    settings: dict[str, Any] = {
-        "queue_url": queues.queue_url,
-        "dlq_url": queues.dlq_url,
-        "endpoint_url": endpoint,
-        "region_name": "us-east-1",
-        "aws_access_key_id": "test",
-        "aws_secret_access_key": "test",
-        "wait_time_seconds": 0,
-        "visibility_timeout": 30,
-        "delete_threads": 1,  # see LocalStack.env(): moto loses deletes made in parallel on one queue
+def resource_env(
+    endpoint: str, queues: QueueUrls, database_url: str = "", *, key: str = TEST_KEY_HEX, mode: str = "hmac"
+) -> dict[str, str]:
+    """The test servers as the pipeline's variables: the resources below are built from them through the one
+    env -> resource map (defs/resources.py), as every run builds its own."""
+    return pipeline_env(
+        endpoint,
+        queues,
+        database_url,
+        SQS_VISIBILITY_TIMEOUT="30",
         # moto's receive is unlocked too: parallel receives can hand out a message twice or end a drain with
         # one still visible (seen in CI: 41 and 35 of 42 received). Tests that exercise parallel receivers
-        # say so with receive_threads=N; the rest must not depend on that race.
-        "receive_threads": 1,
-    }
-    settings.update(overrides)
-    return SqsResource(**settings)
+        # say so with receive_threads=N; the rest must not depend on that race. (SQS_DELETE_THREADS=1: see
+        # pipeline_env.)
+        SQS_RECEIVE_THREADS="1",
+        PII_MASKING_KEY=key,
+        PII_MASKING_MODE=mode,
+    )
+
+
+def sqs_resource(endpoint: str, queues: QueueUrls, **overrides: Any) -> SqsResource:
+    """The `sqs` resource of the test servers; `overrides` set fields directly (no long poll: it has no variable)."""
+    return sqs_from_env(resource_env(endpoint, queues), **{"wait_time_seconds": 0, **overrides})
 
 
 class NoDeleteSqs(SqsResource):
@@ -64,10 +68,12 @@ def resources(
     key: str = TEST_KEY_HEX,
     mode: str = "hmac",
 ) -> dict[str, Any]:
+    """The pipeline's resources on the test servers, from their variables (an empty `key` leaves it unset)."""
+    env = resource_env(endpoint, queues, database_url, key=key, mode=mode)
     return {
         "sqs": sqs or sqs_resource(endpoint, queues),
-        "postgres": PostgresResource(database_url=database_url),
-        "pii_masking": PiiMaskingResource(key=key, mode=mode),
+        "postgres": postgres_from_env(env),
+        "pii_masking": masking_from_env(env),
         "batch_io_manager": batch_io_manager,
     }
 
@@ -201,7 +207,7 @@ def pipeline_env(sqs_endpoint: str, queues: QueueUrls, database_url: str, **sett
         SQS_QUEUE_URL=queues.queue_url,
         SQS_DLQ_URL=queues.dlq_url,
         DATABASE_URL=database_url,
-        SQS_DELETE_THREADS="1",
+        SQS_DELETE_THREADS="1",  # see LocalStack.env(): moto loses deletes made in parallel on one queue
         **settings,
     )
 

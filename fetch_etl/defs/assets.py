@@ -1,6 +1,6 @@
 """The lineage: raw_login_messages -> masked_logins -> user_logins.
 
-Each asset is a few lines; the work lives in pure functions (records, masking, batch, asset_metadata)
+Each asset is a few lines; the work lives in pure functions (logins/: records, masking, frame; metadata)
 and in the resources. Messages leave the queue only after the Postgres commit that makes them safe.
 The checks on `user_logins` live in `checks.py`.
 """
@@ -22,7 +22,7 @@ from dagster import (
 
 from fetch_etl.defs.automation import INGEST_POOL
 from fetch_etl.defs.metadata import (
-    TABLE_PREVIEW_COLUMNS,
+    PREVIEW_COLUMNS,
     masked_logins_schema,
     rate,
     rows_preview,
@@ -37,7 +37,7 @@ from fetch_etl.queue.resource import SqsResource
 from fetch_etl.warehouse import probes
 from fetch_etl.warehouse.load import (
     check_mask_key,
-    load_batch,
+    load_run,
     migrate,
     stored_outcomes,
     table_row_count,
@@ -54,12 +54,11 @@ GROUP = "logins"
 # finds it loaded. The frame's Dagster type is named here without importing pandas.
 MASKED_FRAME = DagsterType(
     name="DataFrame",
-    description="pandas.DataFrame of the batch: one row per message, masked columns only",
+    description="pandas.DataFrame of the run's messages: one row per message, masked columns only",
     type_check_fn=lambda _context, value: (
         type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas")
     ),
 )
-PREVIEW_COLUMNS = ("user_id", "device_type", "masked_ip", "masked_device_id", "locale", "app_version")
 
 
 def _timing(count: int, started: float) -> dict[str, float]:
@@ -83,10 +82,8 @@ def import_pandas_in_background() -> None:
 
 def masked_preview(frame: "pd.DataFrame", rows: int = 5) -> str:
     """A markdown table of a few loadable rows: masked columns only, tokens shortened."""
-    sample = login_frame.loadable(frame).loc[:, list(PREVIEW_COLUMNS)].head(rows).copy()
-    for column in ("masked_ip", "masked_device_id"):
-        sample[column] = sample[column].map(lambda token: f"{token[:16]}…")
-    return sample.to_markdown(index=False) if len(sample) else "_no loadable rows in this batch_"
+    sample = login_frame.loadable(frame).head(rows).to_dict("records")
+    return rows_preview(sample, empty="_no loadable rows in this run_")
 
 
 @asset(
@@ -99,7 +96,7 @@ def masked_preview(frame: "pd.DataFrame", rows: int = 5) -> str:
 def raw_login_messages(
     context: AssetExecutionContext, sqs: SqsResource, pii_masking: PiiMaskingResource, postgres: PostgresResource
 ) -> Output[list[QueueMessage]]:
-    """One run's batch of login messages received from SQS, held in memory only.
+    """One run's login messages received from SQS, held in memory only.
 
     Messages stay invisible while the run holds them (a heartbeat extends the visibility timeout) and
     are deleted only after `user_logins` commits them. First the run checks that it can mask with the
@@ -142,7 +139,7 @@ def masked_logins(
     sqs: SqsResource,
     postgres: PostgresResource,
 ) -> Output[Any]:
-    """The batch decided, parsed, validated and pseudonymised: a pandas DataFrame, one row per message.
+    """The run's messages decided, parsed, validated and pseudonymised: a pandas DataFrame, one row per message.
 
     A message whose outcome is already stored (a redelivery) keeps that outcome and is not evaluated
     again; the others are parsed, IPs and device ids become keyed tokens (PII_MASKING_MODE), and invalid
@@ -208,11 +205,11 @@ def user_logins(
     summary = login_frame.stats(masked_logins)
     loadable, rejected = login_frame.loadable(masked_logins), login_frame.rejected(masked_logins)
     with postgres.connect() as conn:
-        result = load_batch(conn, loadable, rejected)
+        result = load_run(conn, loadable, rejected)
         acked = ack.acknowledge_run(conn, sqs, masked_logins, result, raw_login_messages)
         total_rows = table_row_count(conn)
         live_columns = probes.table_columns(conn)
-        newest = probes.newest_rows(conn, TABLE_PREVIEW_COLUMNS)
+        newest = probes.newest_rows(conn, PREVIEW_COLUMNS)
         rejected_total = probes.rejects_by_reason(conn)
     forwarding, failed, deleted = acked.forwarding, acked.delete_failures, acked.deleted
     if failed:

@@ -1,10 +1,10 @@
 """The ingest job `ingest_logins` and `login_queue_sensor`, which starts it when the queue has messages.
 
-The job: the three login assets, in one process so the batch never leaves memory.
+The job: the three login assets, in one process so a run's messages never leave memory.
 
 The sensor only reads the queue's approximate depth: it never receives or deletes, so a sensor tick can
-never make a message invisible or lose one. A backlog larger than one run's batch fans out to up to
-SQS_MAX_PARALLEL_RUNS concurrent runs (default 1); SQS visibility keeps their batches apart and the
+never make a message invisible or lose one. A backlog larger than one run takes (SQS_MAX_MESSAGES_PER_RUN)
+fans out to up to SQS_MAX_PARALLEL_RUNS concurrent runs (default 1); SQS visibility keeps their messages apart and the
 idempotent load makes any overlap harmless. Overlap is bounded by Dagster itself, not by run names: every
 step that touches the queue is in the concurrency pool INGEST_POOL, whose limit the sensor keeps equal to
 SQS_MAX_PARALLEL_RUNS, and the run queue (pool granularity `run`) starts no run beyond it.
@@ -44,7 +44,7 @@ ingest_logins_job = define_asset_job(
     selection=AssetSelection.groups("logins"),
     executor_def=in_process_executor,
     tags=INGEST_TAGS,
-    description="Receive a batch from SQS, mask it, load it into user_logins, then ack the queue.",
+    description="Receive a run's messages from SQS, mask them, load them into user_logins, then ack the queue.",
 )
 
 DEFAULT_INTERVAL_SECONDS = 5  # a tick is one GetQueueAttributes call: cheap, and it bounds latency
@@ -68,9 +68,9 @@ def max_parallel_runs() -> int:
     return max(1, int(os.environ.get("SQS_MAX_PARALLEL_RUNS", DEFAULT_MAX_PARALLEL_RUNS)))
 
 
-def runs_wanted(visible: int, batch: int, cap: int) -> int:
-    """k = min(ceil(depth / batch), cap): enough runs for the backlog, never more than the cap."""
-    return min(math.ceil(visible / max(1, batch)), cap)
+def runs_wanted(visible: int, per_run: int, cap: int) -> int:
+    """k = min(ceil(depth / per_run), cap): enough runs for the backlog, never more than the cap."""
+    return min(math.ceil(visible / max(1, per_run)), cap)
 
 
 def active_ingest_run_ids(context: SensorEvaluationContext, limit: int) -> list[str]:
@@ -98,7 +98,7 @@ def keep_pool_limit(instance: DagsterInstance, limit: int) -> None:
     job=ingest_logins_job,
     minimum_interval_seconds=sensor_interval(),
     default_status=DefaultSensorStatus.RUNNING,
-    description="Requests ingest runs when login-queue holds messages: one per batch of backlog, up to "
+    description="Requests ingest runs when login-queue holds messages: one per run's worth of backlog, up to "
     "SQS_MAX_PARALLEL_RUNS (default 1) counting those already queued or running.",
 )
 def login_queue_sensor(context: SensorEvaluationContext, sqs: SqsResource) -> SensorResult | SkipReason:

@@ -1,9 +1,9 @@
 """Asset checks on `user_logins`, shown in the UI beside the asset.
 
 They run after every ingest (the `ingest_logins` job selects the group, checks included) and on their
-own from the UI: each reads Postgres, the DLQ or the Dagster instance, never the in-memory batch. In an
+own from the UI: each reads Postgres, the DLQ or the Dagster instance, never the run's in-memory messages. In an
 ingest run the table checks read only the rows that run loaded (indexed on loaded_at), so their cost
-follows the batch, not the table; run on their own they read the whole table.
+follows the run, not the table; run on their own they read the whole table.
 The rules are the pure functions below; the checks only fetch numbers and call them.
 """
 
@@ -23,6 +23,7 @@ from dagster import (
 
 from fetch_etl.logins import masking
 from fetch_etl.logins.masking import TOKEN_SHAPES, TokenShape
+from fetch_etl.queue import probes as queue_probes
 from fetch_etl.queue.messages import QueueError
 from fetch_etl.queue.resource import SqsResource
 from fetch_etl.warehouse import probes
@@ -93,7 +94,7 @@ def _int(metadata: Mapping[str, Any], key: str) -> int:
 # --- the checks -------------------------------------------------------------------------------
 
 
-def batch_scope(context: AssetCheckExecutionContext) -> tuple[datetime | None, str]:
+def run_scope(context: AssetCheckExecutionContext) -> tuple[datetime | None, str]:
     """Which rows a table check reads: the rows this run loaded when the check runs in the ingest run that
     materialized user_logins (per-run cost stays flat as the table grows), else the whole table (a check
     run on its own, from the UI or a checks-only job)."""
@@ -115,7 +116,7 @@ def batch_scope(context: AssetCheckExecutionContext) -> tuple[datetime | None, s
     blocking=False,
 )
 def required_columns_not_null(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
-    loaded_at, scope = batch_scope(context)
+    loaded_at, scope = run_scope(context)
     with postgres.connect() as conn:
         if not probes.loaded_by_fetch_etl(conn):
             return AssetCheckResult(passed=False, description=NOT_LOADED_YET)
@@ -134,7 +135,7 @@ def required_columns_not_null(context: AssetCheckExecutionContext, postgres: Pos
     blocking=False,
 )
 def message_id_unique(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
-    loaded_at, scope = batch_scope(context)
+    loaded_at, scope = run_scope(context)
     with postgres.connect() as conn:
         if not probes.loaded_by_fetch_etl(conn):
             return AssetCheckResult(passed=False, description=NOT_LOADED_YET)
@@ -166,7 +167,7 @@ def message_id_unique(context: AssetCheckExecutionContext, postgres: PostgresRes
 )
 def tokens_well_formed(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
     shapes = accepted_shapes()
-    loaded_at, scope = batch_scope(context)
+    loaded_at, scope = run_scope(context)
     with postgres.connect() as conn:
         if not probes.loaded_by_fetch_etl(conn):
             return AssetCheckResult(passed=False, description=NOT_LOADED_YET)
@@ -234,7 +235,7 @@ def reject_rate_below_threshold(context: AssetCheckExecutionContext) -> AssetChe
 )
 def dead_letter_queue_depth(sqs: SqsResource) -> AssetCheckResult:
     try:
-        url, depth = probes.dlq_depth(sqs)
+        url, depth = queue_probes.dlq_depth(sqs)
     except QueueError as err:
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, description=str(err))
     total = depth.visible + depth.in_flight + depth.delayed

@@ -14,42 +14,32 @@ from typing import TYPE_CHECKING, Any
 from dagster import AssetKey, TableColumn, TableColumnDep, TableColumnLineage, TableSchema
 
 from fetch_etl.warehouse.load import LOGIN_COLUMNS
+from fetch_etl.warehouse.schema import USER_LOGINS
 
-if TYPE_CHECKING:  # pandas loads where a batch is masked, not when Dagster loads the definitions
+if TYPE_CHECKING:  # pandas loads where a run's messages are masked, not when Dagster loads the definitions
     import pandas as pd
 
 MASKED_LOGINS = AssetKey("masked_logins")
 TOKEN_PREVIEW_CHARS = 12
 
-# Every column of user_logins: the reference DDL's seven, then what fetch-etl's migration adds.
-USER_LOGINS_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("user_id", "character varying(128)", "The user who logged in, as sent."),
-    ("device_type", "character varying(32)", "Device type as sent (android, ios, ...)."),
-    ("masked_ip", "character varying(256)", "Keyed token of the canonical IP address; equal IPs, equal tokens."),
-    ("masked_device_id", "character varying(256)", "Keyed token of the device id; equal ids, equal tokens."),
-    ("locale", "character varying(32)", "Locale as sent; NULL when absent or null."),
-    ("app_version", "integer", "major·1,000,000 + minor·1,000 + patch: distinct versions never collide."),
-    ("create_date", "date", "UTC date of the message's SQS SentTimestamp (the body has no timestamp)."),
-    ("message_id", "text", "SQS MessageId: the idempotency key (unique); NULL only on legacy rows."),
-    ("app_version_raw", "text", "app_version exactly as sent, e.g. 2.3.0, 0.96 or 3.7."),
-    ("loaded_at", "timestamp with time zone", "When fetch-etl's load transaction inserted the row."),
-    ("mask_key_id", "text", "Short fingerprint of the masking key that made the tokens (never the key)."),
-)
-COLUMN_DESCRIPTIONS: dict[str, str] = {name: description for name, _, description in USER_LOGINS_COLUMNS}
+# The table's columns, types and descriptions come from its one spec (warehouse/schema.py).
+COLUMN_DESCRIPTIONS: dict[str, str] = {c.name: c.description for c in USER_LOGINS.columns}
 
 # The masked_logins DataFrame: LOGIN_COLUMNS plus the per-message verdict.
-BATCH_COLUMN_DESCRIPTIONS: dict[str, str] = {
+FRAME_COLUMN_DESCRIPTIONS: dict[str, str] = {
     **{name: COLUMN_DESCRIPTIONS[name] for name in LOGIN_COLUMNS},
     "status": "loadable or rejected (evaluated now), or already_loaded, already_dead_lettered or "
     "awaiting_dead_letter (decided by what is stored).",
     "reason_code": "Why a message was rejected (e.g. invalid_json); NULL when loadable.",
     "reason": "A readable sentence saying why; never quotes a field value.",
-    "received_at": "When this run received the batch.",
+    "received_at": "When this run received the message.",
     "sent_at": "SQS's SentTimestamp of the original message (kept by dead letters and redrives).",
     "redriven_at": "When `fetch-etl redrive` sent this copy; NULL for a plain message.",
 }
 
-TABLE_PREVIEW_COLUMNS: tuple[str, ...] = (
+# Both previews (a run's masked_logins frame, user_logins' newest rows) show these columns, those of them
+# the rows have (the frame has no loaded_at), with each token column shortened.
+PREVIEW_COLUMNS: tuple[str, ...] = (
     "user_id",
     "device_type",
     "masked_ip",
@@ -59,12 +49,12 @@ TABLE_PREVIEW_COLUMNS: tuple[str, ...] = (
     "create_date",
     "loaded_at",
 )
-SHORTENED_COLUMNS = frozenset({"masked_ip", "masked_device_id"})
+SHORTENED_COLUMNS = frozenset(c.name for c in USER_LOGINS.columns if c.token)
 
 
 def user_logins_schema(live_columns: Sequence[tuple[str, str]] = ()) -> TableSchema:
     """The table's schema: as Postgres reports it when given, else as fetch-etl creates it."""
-    columns = live_columns or [(name, sql_type) for name, sql_type, _ in USER_LOGINS_COLUMNS]
+    columns = live_columns or [(c.name, c.catalog_type) for c in USER_LOGINS.columns]
     return TableSchema(
         columns=[TableColumn(name, sql_type, description=COLUMN_DESCRIPTIONS.get(name)) for name, sql_type in columns]
     )
@@ -75,10 +65,10 @@ def _frame_type(dtype: Any) -> str:
 
 
 def masked_logins_schema(frame: pd.DataFrame) -> TableSchema:
-    """The batch frame's columns, with the dtype pandas holds them in."""
+    """The masked frame's columns, with the dtype pandas holds them in."""
     return TableSchema(
         columns=[
-            TableColumn(str(name), _frame_type(frame[name].dtype), description=BATCH_COLUMN_DESCRIPTIONS.get(str(name)))
+            TableColumn(str(name), _frame_type(frame[name].dtype), description=FRAME_COLUMN_DESCRIPTIONS.get(str(name)))
             for name in frame.columns
         ]
     )
@@ -109,12 +99,12 @@ def _cell(column: str, value: Any) -> Any:
 
 
 def rows_preview(rows: Sequence[Mapping[str, Any]], empty: str = "_no rows loaded yet_") -> str:
-    """A markdown table of a few rows: masked columns only (the caller selects them), tokens shortened."""
+    """A markdown table of a few rows: the PREVIEW_COLUMNS they have (masked columns only), tokens shortened."""
     if not rows:
         return empty
     import pandas as pd
 
-    columns = [c for c in TABLE_PREVIEW_COLUMNS if c in rows[0]]
+    columns = [c for c in PREVIEW_COLUMNS if c in rows[0]]
     frame = pd.DataFrame([{c: _cell(c, row.get(c)) for c in columns} for row in rows], columns=columns)
     return frame.to_markdown(index=False)
 

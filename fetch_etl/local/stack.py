@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Self
 import boto3
 
 from fetch_etl.local.servers import EmbeddedPostgres, LocalStackError, MotoSqsServer
-from fetch_etl.queue.messages import DEFAULT_MAX_RECEIVE_COUNT
+from fetch_etl.queue.messages import DEFAULT_MAX_RECEIVE_COUNT, default_dlq_name
 
 # The instance of `fetch-etl dev`: no telemetry; the run queue looked at every second (Dagster's default is
 # 5 s, which a login waits on average 2.5 s of between the sensor's run request and the run's start); and the
@@ -59,8 +59,8 @@ LOCAL_REDRIVE_MAX_RECEIVE_COUNT = 2 * DEFAULT_MAX_RECEIVE_COUNT
 def create_queue_pair(
     sqs_client: Any, name: str, *, max_receive_count: int | None = LOCAL_REDRIVE_MAX_RECEIVE_COUNT
 ) -> QueueUrls:
-    """Create `name` and `name-dlq`, with SQS's own redrive after max_receive_count failed receives."""
-    dlq_url: str = sqs_client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    """Create `name` and its default DLQ `name-dlq`, with SQS's own redrive after max_receive_count failed receives."""
+    dlq_url: str = sqs_client.create_queue(QueueName=default_dlq_name(name))["QueueUrl"]
     attributes: dict[str, str] = {}
     if max_receive_count is not None:
         attrs = sqs_client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
@@ -231,7 +231,7 @@ def local_stack_env(state_dir: Path) -> dict[str, str]:
     client = make_sqs_client(endpoint)
     try:
         queue_url = client.get_queue_url(QueueName="login-queue")["QueueUrl"]
-        dlq_url = client.get_queue_url(QueueName="login-queue-dlq")["QueueUrl"]
+        dlq_url = client.get_queue_url(QueueName=default_dlq_name("login-queue"))["QueueUrl"]
     except Exception as err:  # botocore's many connection errors: one sentence is enough here
         raise LocalStackError(f"the local stack's SQS server at {endpoint} does not answer: {err}") from None
     return {

@@ -1,4 +1,4 @@
-"""From received messages to the masked batch frame: pure, vectorised where it counts, no Dagster.
+"""From received messages to the run's masked frame: pure, vectorised where it counts, no Dagster.
 
 The frame has one row per message, keyed by the message's `key` (its original MessageId). A message's
 outcome is decided once: one whose key already has a stored outcome is not evaluated again (status
@@ -20,7 +20,7 @@ from fetch_etl.logins.records import LoginEvent, Rejection, maskable_pii, parse_
 from fetch_etl.queue.messages import QueueMessage
 from fetch_etl.warehouse.load import LOGIN_COLUMNS, StoredOutcome
 
-if TYPE_CHECKING:  # pandas loads where a batch is masked, not when Dagster loads the definitions
+if TYPE_CHECKING:  # pandas loads where a run's messages are masked, not when Dagster loads the definitions
     import pandas as pd
 
 STATUS_LOADABLE = "loadable"
@@ -30,7 +30,7 @@ STATUS_ALREADY_LOADED = "already_loaded"
 STATUS_ALREADY_DEAD_LETTERED = "already_dead_lettered"
 STATUS_AWAITING_DEAD_LETTER = "awaiting_dead_letter"
 STORED_STATUSES = (STATUS_ALREADY_LOADED, STATUS_ALREADY_DEAD_LETTERED, STATUS_AWAITING_DEAD_LETTER)
-BATCH_COLUMNS: tuple[str, ...] = (
+FRAME_COLUMNS: tuple[str, ...] = (
     *LOGIN_COLUMNS,
     "status",
     "reason_code",
@@ -92,7 +92,7 @@ def mask_messages(
     stored: Mapping[str, StoredOutcome] | None = None,
     limits_in_bytes: bool = False,
 ) -> pd.DataFrame:
-    """Decide, parse, validate and mask every message into one frame (see BATCH_COLUMNS).
+    """Decide, parse, validate and mask every message into one frame (see FRAME_COLUMNS).
 
     Messages whose key has a stored outcome (`stored`) get that outcome's status and are not parsed.
     Of the others, those received more than `max_receive_count` times are rejected as poison unparsed.
@@ -158,7 +158,7 @@ def mask_messages(
     )
     parts = [part for part in (logins, rejects, settled) if len(part)]
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else logins)
-    frame = frame.reindex(columns=list(BATCH_COLUMNS)).astype({c: object for c in BATCH_COLUMNS if c != "app_version"})
+    frame = frame.reindex(columns=list(FRAME_COLUMNS)).astype({c: object for c in FRAME_COLUMNS if c != "app_version"})
     frame["received_at"] = received_at
     frame.attrs["unparsed_ips"] = ips.unparsed
     return frame

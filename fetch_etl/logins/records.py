@@ -13,9 +13,20 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-USER_ID_MAX = 128
-DEVICE_TYPE_MAX = 32
-LOCALE_MAX = 32
+from fetch_etl.warehouse.schema import USER_LOGINS
+
+
+def _varchar_limit(column: str) -> int:
+    """A user_logins column's varchar(n), read from the table's one spec: a longer value is rejected, never cut."""
+    limit = USER_LOGINS.column(column).max_chars
+    if limit is None:
+        raise TypeError(f"user_logins.{column} is not a varchar(n)")
+    return limit
+
+
+USER_ID_MAX = _varchar_limit("user_id")
+DEVICE_TYPE_MAX = _varchar_limit("device_type")
+LOCALE_MAX = _varchar_limit("locale")
 APP_VERSION_RAW_MAX = 64
 # In UTF-8 bytes, because a reversible (siv) token grows with the bytes and must fit varchar(256).
 # The longest IPv6 spelling is 45 characters; device ids are short serials.

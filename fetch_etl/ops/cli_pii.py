@@ -92,13 +92,20 @@ def reveal(
 @click.command("rotate-key")
 @click.option("--old-key-file", envvar="PII_MASKING_OLD_KEY_FILE", type=KEY_FILE, help="The key tokens are on now.")
 @click.option("--new-key-file", envvar="PII_MASKING_NEW_KEY_FILE", type=KEY_FILE, help="The key to move them to.")
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=pii_admin.DEFAULT_BATCH_SIZE, show_default=True)
+@click.option(
+    "--batch-size",
+    "page_size",
+    type=click.IntRange(1, 100_000),
+    default=pii_admin.DEFAULT_PAGE_SIZE,
+    show_default=True,
+    help="Rows per page: each page is re-keyed and committed in its own transaction.",
+)
 @MODE
 @DATABASE_URL
 def rotate_key(
-    old_key_file: str | None, new_key_file: str | None, batch_size: int, mode: str, database_url: str
+    old_key_file: str | None, new_key_file: str | None, page_size: int, mode: str, database_url: str
 ) -> None:
-    """Re-encrypt siv tokens from the old key to the new one, a committed batch at a time; rerun to resume."""
+    """Re-encrypt siv tokens from the old key to the new one, a committed page at a time; rerun to resume."""
     from fetch_etl.warehouse.resource import PostgresResource  # imports Dagster: only when run, not for --help
 
     try:
@@ -108,7 +115,7 @@ def rotate_key(
         old, new = SivMasker(load_key(None, old_key_file)), SivMasker(load_key(None, new_key_file))
         log.info("re-keying siv tokens from key %s to key %s", old.key_id, new.key_id)
         with PostgresResource(database_url=database_url).connect() as conn:
-            result = pii_admin.rotate_key(conn, old, new, batch_size=batch_size)
+            result = pii_admin.rotate_key(conn, old, new, page_size=page_size)
     except PII_ERRORS as err:
         raise click.ClickException(str(err)) from None
     rows = [
@@ -117,7 +124,7 @@ def rotate_key(
     ]
     headers = ["table", "re-keyed now", "hmac rows (cannot re-key)", "rows not on the new key"]
     click.echo(tabulate(rows, headers=headers, tablefmt="github"))
-    click.echo(f"{sum(result.rekeyed.values())} rows in {result.batches} batches, {result.seconds:.1f} s")
+    click.echo(f"{sum(result.rekeyed.values())} rows in {result.pages} pages, {result.seconds:.1f} s")
     if not result.complete:
         left = {t: {k or "none": n for k, n in keys.items()} for t, keys in result.left_on_other_keys.items() if keys}
         raise click.ClickException(f"rows with tokens on other keys remain (table: key id: rows): {left}")

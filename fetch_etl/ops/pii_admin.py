@@ -38,7 +38,7 @@ HMAC_ROTATE_REFUSAL = (
     "for an overlap window (docs/pii.md, 'Changing an hmac key')"
 )
 ROTATED_TABLES = ("user_logins", "user_logins_rejected")
-DEFAULT_BATCH_SIZE = 5_000
+DEFAULT_PAGE_SIZE = 5_000  # rows per page (--batch-size)
 _CACHE_LIMIT = 200_000
 
 
@@ -236,10 +236,10 @@ def reveal(
 
 @dataclass(frozen=True)
 class RotationProgress:
-    """Reported after each committed batch."""
+    """Reported after each committed page."""
 
     table: str
-    batch: int
+    page: int
     rekeyed: int
     last_message_id: str
 
@@ -249,7 +249,7 @@ class RotationResult:
     old_key_id: str
     new_key_id: str
     rekeyed: dict[str, int] = field(default_factory=dict)
-    batches: int = 0
+    pages: int = 0
     hmac_rows: dict[str, int] = field(default_factory=dict)
     # After the run: rows holding tokens on any key but the new one, by key id (None: not recorded).
     left_on_other_keys: dict[str, dict[str | None, int]] = field(default_factory=dict)
@@ -276,9 +276,9 @@ def _rotate_table(
     table: str,
     old: SivMasker,
     new: SivMasker,
-    batch_size: int,
+    page_size: int,
     result: RotationResult,
-    on_batch: Callable[[RotationProgress], None] | None,
+    on_page: Callable[[RotationProgress], None] | None,
 ) -> None:
     """Keyset pages over message_id (unique, never updated), each page re-keyed in its own transaction."""
     name = sql.Identifier(table)
@@ -292,11 +292,11 @@ def _rotate_table(
         "WHERE t.message_id = v.message_id AND t.mask_key_id = %s"
     ).format(name)
     caches: dict[PiiField, dict[str, str]] = {"ip": {}, "device_id": {}}
-    last, rekeyed, hmac_rows, batch = "", 0, 0, 0
+    last, rekeyed, hmac_rows, page = "", 0, 0, 0
     started = time.perf_counter()
     while True:
         with conn.transaction():
-            rows = conn.execute(select, (old.key_id, last, batch_size)).fetchall()
+            rows = conn.execute(select, (old.key_id, last, page_size)).fetchall()
             if not rows:
                 break
             ids: list[str] = []
@@ -319,12 +319,12 @@ def _rotate_table(
                 conn.execute(update, (new.key_id, ids, ips, devices, old.key_id))
         last = rows[-1][0]
         rekeyed += len(ids)
-        batch += 1
-        result.batches += 1
+        page += 1
+        result.pages += 1
         elapsed = time.perf_counter() - started
-        log.info("%s: re-keyed %d rows so far (batch %d, %.0f rows/s)", table, rekeyed, batch, rekeyed / elapsed)
-        if on_batch is not None:
-            on_batch(RotationProgress(table, batch, rekeyed, last))
+        log.info("%s: re-keyed %d rows so far (page %d, %.0f rows/s)", table, rekeyed, page, rekeyed / elapsed)
+        if on_page is not None:
+            on_page(RotationProgress(table, page, rekeyed, last))
     result.rekeyed[table] = rekeyed
     result.hmac_rows[table] = hmac_rows
 
@@ -342,13 +342,13 @@ def rotate_key(
     old: SivMasker,
     new: SivMasker,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    on_batch: Callable[[RotationProgress], None] | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    on_page: Callable[[RotationProgress], None] | None = None,
 ) -> RotationResult:
-    """Re-encrypt every siv token on the old key with the new one, in committed batches; rerun to resume.
+    """Re-encrypt every siv token on the old key with the new one, a committed page at a time; rerun to resume.
 
     Rows already on the new key are skipped (their mask_key_id says so), so a run that stopped half-way
-    is finished by running it again. `conn` must be in autocommit mode (each batch is its own transaction).
+    is finished by running it again. `conn` must be in autocommit mode (each page is its own transaction).
     """
     if old.key_id == new.key_id:
         raise PiiAdminError(f"the old and the new key are the same key (id {new.key_id}); nothing to rotate")
@@ -360,7 +360,7 @@ def rotate_key(
     started = time.perf_counter()
     try:
         for table in ROTATED_TABLES:
-            _rotate_table(conn, table, old, new, batch_size, result, on_batch)
+            _rotate_table(conn, table, old, new, page_size, result, on_page)
         result.left_on_other_keys = {table: _left_on_other_keys(conn, table, new.key_id) for table in ROTATED_TABLES}
         if result.complete:
             retire_mask_key(conn, old.key_id, new.key_id, new.mode)

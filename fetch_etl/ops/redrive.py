@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from fetch_etl.queue import probes as queue_probes
 from fetch_etl.queue.messages import (
     MAX_BATCH,
     ORIGINAL_MESSAGE_ID,
@@ -26,7 +27,6 @@ from fetch_etl.queue.messages import (
     QueueMessage,
 )
 from fetch_etl.queue.resource import SqsResource
-from fetch_etl.warehouse import probes
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def redrive(
 
     A default DLQ that does not exist yet holds nothing: it is not created (a dry run changes nothing).
     """
-    dlq_url = probes.dlq_url(sqs)
+    dlq_url = queue_probes.dlq_url(sqs)
     if dlq_url is None:
         return RedriveResult(sqs.queue_url, "-", dry_run)
     return redrive_between(sqs.on_queue(dlq_url), sqs, reasons, limit, dry_run)

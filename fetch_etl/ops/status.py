@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 from tabulate import tabulate
 
 from fetch_etl.defs.resources import postgres_from_env, sqs_from_env
+from fetch_etl.queue import probes as queue_probes
 from fetch_etl.queue.messages import QueueDepth, QueueError
 from fetch_etl.queue.resource import SqsResource
 from fetch_etl.warehouse import probes
@@ -57,9 +59,9 @@ class StatusReport:
     warehouse: WarehouseReport
     sensor: SensorReport
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
-    policy: probes.QueuePolicy | None = None
+    policy: queue_probes.QueuePolicy | None = None
     max_receive_count: int | None = None  # SQS_MAX_RECEIVE_COUNT
-    dead_letters: probes.DeadLetterAudit | None = None
+    dead_letters: DeadLetterAudit | None = None
 
     @property
     def attention(self) -> list[str]:
@@ -250,7 +252,7 @@ def gather_queues(sqs: SqsResource) -> tuple[QueueReport, QueueReport]:
     except QueueError as err:
         queue = QueueReport(sqs.queue_url, error=str(err))
     try:
-        url, depth = probes.dlq_depth(sqs)
+        url, depth = queue_probes.dlq_depth(sqs)
         dlq = QueueReport(url, depth)
     except QueueError as err:
         dlq = QueueReport(sqs.dlq_url, error=str(err))
@@ -308,19 +310,38 @@ def gather_sensor(environ: Mapping[str, str]) -> SensorReport:
     )
 
 
+@dataclass(frozen=True)
+class DeadLetterAudit:
+    sampled: int
+    without_rejects_row: int  # dead letters that no rejects row explains (SQS's own redrive moved them)
+
+
+def audit_dead_letters(sqs: SqsResource, url: str, conn: psycopg.Connection, limit: int = 500) -> DeadLetterAudit:
+    """Look at up to `limit` dead letters and count those without a rejects row.
+
+    A pipeline-forwarded dead letter carries `original_message_id`; one SQS moved by its own redrive policy
+    keeps its MessageId. Either way its key must be in `user_logins_rejected`, or the pipeline never saw the
+    message fail (the redrive policy's maxReceiveCount is at or below SQS_MAX_RECEIVE_COUNT). The queue is
+    asked first (queue/probes.py), then the warehouse (warehouse/probes.py).
+    """
+    seen = queue_probes.sample_dead_letters(sqs, url, limit)
+    recorded = probes.recorded_rejects(conn, sorted({m.key for m in seen}))
+    return DeadLetterAudit(len(seen), sum(1 for m in seen if m.key not in recorded))
+
+
 def gather_ack_path(
     sqs: SqsResource, dlq: QueueReport, postgres: PostgresResource
-) -> tuple[probes.QueuePolicy | None, probes.DeadLetterAudit | None]:
+) -> tuple[queue_probes.QueuePolicy | None, DeadLetterAudit | None]:
     """(the queue's policy, the dead-letter audit), None for what could not be read: the table still prints."""
     try:
-        policy = probes.queue_policy(sqs)
+        policy = queue_probes.queue_policy(sqs)
     except QueueError:
         policy = None
     if dlq.url is None or dlq.error or not _total(dlq.depth or QueueDepth(0, 0, 0)):
         return policy, None
     try:
         with postgres.connect() as conn:
-            return policy, probes.audit_dead_letters(sqs, dlq.url, conn)
+            return policy, audit_dead_letters(sqs, dlq.url, conn)
     except (QueueError, WarehouseError):
         return policy, None
 

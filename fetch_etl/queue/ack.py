@@ -20,7 +20,7 @@ from fetch_etl.queue.messages import DeadLetter, QueueMessage
 from fetch_etl.queue.resource import SqsResource
 from fetch_etl.warehouse.load import LoadResult, claim_rejects, record_forwarding
 
-if TYPE_CHECKING:  # pandas loads where a batch is masked, not when Dagster loads the definitions
+if TYPE_CHECKING:  # pandas loads where a run's messages are masked, not when Dagster loads the definitions
     import pandas as pd
 
 
@@ -74,7 +74,7 @@ def forward_dead_letters(
 
 
 def dead_letter_keys(frame: pd.DataFrame, load: LoadResult) -> list[str]:
-    """Rejects of this batch that need their dead-letter copy: new ones (unless a login superseded them)
+    """Rejects of this run that need their dead-letter copy: new ones (unless a login superseded them)
     and stored ones still awaiting it."""
     superseded = set(load.superseded)
     new = [key for key in login_frame.keys_with_status(frame, login_frame.STATUS_REJECTED) if key not in superseded]

@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from fetch_etl.queue.messages import MAX_BATCH
+
 log = logging.getLogger(__name__)
-MAX_BATCH = 10
 
 
 class HeldMessage(Protocol):

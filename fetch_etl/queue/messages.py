@@ -1,7 +1,11 @@
 """What travels on the queue, as the pipeline sees it: received messages, dead letters, depths, SQS's limits.
 
-Plain data and pure helpers, no client: the SQS resource (`sqs.py`), the ack step, redrive and the health
+Plain data and pure helpers, no client: the SQS resource (`resource.py`), the ack step, redrive and the
 probes share these shapes. A message's `body` may hold clear PII and lives only in memory; no repr shows it.
+
+"Batch", everywhere in fetch-etl, means one SQS call's entries: one ReceiveMessage or one *Batch call
+(DeleteMessageBatch, SendMessageBatch, ChangeMessageVisibilityBatch) of at most MAX_BATCH messages. What one
+run takes from the queue is "the run's messages"; rotate-key's committed units are "pages".
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-MAX_BATCH = 10  # SQS's limit per receive, send and delete call
+MAX_BATCH = 10  # SQS's limit per call: ReceiveMessage and every *Batch call (the one home of the 10)
 MAX_BATCH_BYTES = 256 * 1024  # SQS caps a send batch (bodies and message attributes) at 256 KiB
 # Message attributes the pipeline reads: set on dead letters we forward, kept by `fetch-etl redrive`.
 # A copy keeps its original's identity and SentTimestamp (so create_date stays the login's date).
@@ -21,6 +25,12 @@ RECEIVED_ATTRIBUTES = (ORIGINAL_MESSAGE_ID, ORIGINAL_SENT_TIMESTAMP, REDRIVEN_AT
 # SQS_MAX_RECEIVE_COUNT's default. A queue's own redrive policy must allow more receives than this, or SQS
 # moves a failing message to the DLQ before the pipeline can record it (docs/reliability.md).
 DEFAULT_MAX_RECEIVE_COUNT = 10
+DLQ_SUFFIX = "-dlq"  # the default dead-letter queue sits beside the queue: `<queue name>-dlq`
+
+
+def default_dlq_name(queue: str) -> str:
+    """The dead-letter queue used when SQS_DLQ_URL is unset: the queue's name (from its URL) + '-dlq'."""
+    return queue.rstrip("/").rsplit("/", 1)[-1] + DLQ_SUFFIX
 
 
 class QueueError(RuntimeError):

@@ -1,4 +1,4 @@
-"""Parallel receivers for one run's batch: N threads, each asking SQS for up to ten messages at a time.
+"""Parallel receivers for one run's messages: N threads, each asking SQS for up to ten messages at a time.
 
 One ReceiveMessage returns at most ten messages and costs a full round trip (about 20 ms to real SQS), so a
 single receiver caps a run at a few hundred messages per second; N receivers overlap their round trips.
@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Generic, Protocol, TypeVar
 
-MAX_BATCH = 10  # SQS's limit per ReceiveMessage
+from fetch_etl.queue.messages import MAX_BATCH
+
 PROGRESS_SECONDS = 5.0
 
 

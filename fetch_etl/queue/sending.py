@@ -20,6 +20,7 @@ from fetch_etl.queue.messages import (
     QueueMessage,
     batches_by_size,
     chunks,
+    default_dlq_name,
 )
 
 log = logging.getLogger("fetch_etl.queue.resource")
@@ -62,10 +63,11 @@ class SqsSending:
             return [mid for failed in pool.map(delete_batch, batches) for mid in failed]
 
     def resolved_dlq_url(self) -> str:
-        """SQS_DLQ_URL, or the queue's own name + '-dlq' beside it (created if absent)."""
+        """SQS_DLQ_URL, or the default `<queue>-dlq` beside the queue (created if absent; the read-only
+        probes in queue/probes.py find it without creating it)."""
         if self.dlq_url:
             return self.dlq_url
-        name = self.queue_url.rstrip("/").rsplit("/", 1)[-1] + "-dlq"
+        name = default_dlq_name(self.queue_url)
         response = self._call("create the dead-letter queue", self.client().create_queue, QueueName=name)
         return response["QueueUrl"]
 

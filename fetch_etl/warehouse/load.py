@@ -16,43 +16,31 @@ import psycopg.sql
 
 from fetch_etl.warehouse.key_registry import check_mask_key as check_mask_key
 from fetch_etl.warehouse.key_registry import retire_mask_key as retire_mask_key
+from fetch_etl.warehouse.schema import USER_LOGINS, USER_LOGINS_REJECTED, Column
 from fetch_etl.warehouse.schema import USER_LOGINS_DDL as USER_LOGINS_DDL
 from fetch_etl.warehouse.schema import migrate as migrate
 
-if TYPE_CHECKING:  # pandas loads where a batch is masked, not when Dagster loads the definitions
+if TYPE_CHECKING:  # pandas loads where a run's messages are masked, not when Dagster loads the definitions
     import pandas as pd
 
-LOGIN_COLUMNS: tuple[str, ...] = (
-    "message_id",
-    "user_id",
-    "device_type",
-    "masked_ip",
-    "masked_device_id",
-    "locale",
-    "app_version",
-    "app_version_raw",
-    "create_date",
-    "mask_key_id",
-)
-REJECT_COLUMNS: tuple[str, ...] = (
-    "message_id",
-    "reason_code",
-    "reason",
-    "received_at",
-    "masked_ip",
-    "masked_device_id",
-    "mask_key_id",
-    "sent_at",
-    "redriven_at",
-)
-_REJECT_TYPES = {"received_at": "timestamptz", "sent_at": "timestamptz", "redriven_at": "timestamptz"}
+# Everything below is derived from the table specs in schema.py: a column is added there, not here.
+LOGIN_COLUMNS: tuple[str, ...] = USER_LOGINS.written  # the frame's columns the load COPYs (not loaded_at)
+REJECT_COLUMNS: tuple[str, ...] = USER_LOGINS_REJECTED.written  # not the ack path's dead_letter* columns
 
-_STAGE_DDL = """
-CREATE TEMP TABLE fetch_etl_stage (
-    message_id text, user_id varchar(128), device_type varchar(32), masked_ip varchar(256),
-    masked_device_id varchar(256), locale varchar(32), app_version integer, app_version_raw text,
-    create_date date, mask_key_id text
-) ON COMMIT DROP"""
+
+def _array_type(column: Column) -> str:
+    """The array a column's values are sent as: its own type, but varchar(n) as text, so an over-long value
+    fails the INSERT (assignment cast) instead of being cut short by an explicit ::varchar(n)[] cast."""
+    return "text" if column.sql_type.startswith("varchar") else column.sql_type
+
+
+_REJECT_TYPES = {c.name: _array_type(c) for c in USER_LOGINS_REJECTED.columns if _array_type(c) != "text"}
+
+_STAGE_DDL = (
+    "\nCREATE TEMP TABLE fetch_etl_stage (\n    "
+    + ", ".join(f"{name} {USER_LOGINS.column(name).sql_type}" for name in LOGIN_COLUMNS)
+    + "\n) ON COMMIT DROP"
+)
 
 
 @dataclass(frozen=True)
@@ -97,7 +85,7 @@ def _copy(cur: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows: It
 
 
 def _insert_logins(cur: psycopg.Cursor[Any], logins: pd.DataFrame, loaded_at: datetime) -> tuple[int, str]:
-    """Insert the batch's logins that are not in the table yet; returns (inserted, path).
+    """Insert the run's logins that are not in the table yet; returns (inserted, path).
 
     Fast path "copy": COPY straight into `user_logins` inside a savepoint, `loaded_at` = the transaction's
     now(). If any MessageId is already there (a redelivery after a crash, or a concurrent run holding the
@@ -121,10 +109,10 @@ def _insert_logins(cur: psycopg.Cursor[Any], logins: pd.DataFrame, loaded_at: da
     return cur.rowcount, "merge"
 
 
-def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataFrame) -> LoadResult:
+def load_run(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataFrame) -> LoadResult:
     """In ONE transaction: insert the new logins (COPY; merge on redelivery), record the rejects, and mark
     the rejects rows of redriven messages that now load."""
-    unique_logins = logins.drop_duplicates("message_id")  # SQS may hand one message out twice in a batch
+    unique_logins = logins.drop_duplicates("message_id")  # SQS may hand one message out twice in a run
     unique_rejects = rejects.drop_duplicates("message_id")
     with conn.transaction(), conn.cursor() as cur:
         row = cur.execute("SELECT now()").fetchone()  # the transaction's time: every row of this load gets it
@@ -143,7 +131,7 @@ def load_batch(conn: psycopg.Connection, logins: pd.DataFrame, rejects: pd.DataF
 
 
 def _unnest(columns: Sequence[str], types: dict[str, str]) -> str:
-    """`unnest(%s::text[], …) AS v(columns…)`: a batch as one set-based statement's rows."""
+    """`unnest(%s::text[], …) AS v(columns…)`: one array per column as the rows of one set-based statement."""
     arrays = ", ".join(f"%s::{types.get(column, 'text')}[]" for column in columns)
     return f"unnest({arrays}) AS v({', '.join(columns)})"
 

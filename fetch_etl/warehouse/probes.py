@@ -1,28 +1,25 @@
-"""Read-only probes of the warehouse and the dead-letter queue, shared by the asset checks, the
-`user_logins` metadata and `fetch-etl status`, so all three report the same numbers.
+"""Read-only probes of the warehouse, shared by the asset checks, the `user_logins` metadata and
+`fetch-etl status`, so all three report the same numbers (the queues' probes are in queue/probes.py).
 
-Nothing here writes: a check or a status call must never create a table or a queue. Every query
+Nothing here writes: a check or a status call must never create a table. Every query
 returns counts, tokens or MessageIds only, never a clear IP or device id (the warehouse holds none).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
-from botocore.exceptions import BotoCoreError, ClientError
 
-from fetch_etl.queue.messages import QueueDepth, QueueError, QueueMessage
-from fetch_etl.queue.resource import SqsResource
+from fetch_etl.warehouse.schema import USER_LOGINS
 
 # Rows that fetch-etl loaded itself; a pre-existing reference table may hold legacy rows without one.
 LOADED_BY_FETCH_ETL = "message_id IS NOT NULL"
-REQUIRED_COLUMNS: tuple[str, ...] = ("masked_ip", "masked_device_id", "user_id", "app_version")
-TOKEN_COLUMNS: tuple[str, ...] = ("masked_ip", "masked_device_id")
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in USER_LOGINS.columns if c.required)
+TOKEN_COLUMNS: tuple[str, ...] = tuple(c.name for c in USER_LOGINS.columns if c.token)
 
 
 def table_columns(conn: psycopg.Connection, table: str = "user_logins") -> list[tuple[str, str]]:
@@ -230,89 +227,9 @@ def warehouse_overview(conn: psycopg.Connection) -> WarehouseOverview:
     )
 
 
-# --- the dead-letter queue ------------------------------------------------------------------
-
-
-_NO_SUCH_QUEUE = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"})
-
-
-def dlq_url(sqs: SqsResource) -> str | None:
-    """SQS_DLQ_URL, else the `<queue>-dlq` beside the queue if it exists; None when it does not (yet).
-
-    Unlike the pipeline, this never creates the queue: a probe must not change what it looks at.
-    """
-    if sqs.dlq_url:
-        return sqs.dlq_url
-    name = sqs.queue_url.rstrip("/").rsplit("/", 1)[-1] + "-dlq"
-    try:
-        return str(sqs.client().get_queue_url(QueueName=name)["QueueUrl"])
-    except ClientError as err:
-        if err.response.get("Error", {}).get("Code") in _NO_SUCH_QUEUE:
-            return None
-        raise QueueError(f"cannot find the dead-letter queue {name} on {sqs.describe()}: {str(err)[:200]}") from None
-    except BotoCoreError as err:
-        raise QueueError(f"cannot find the dead-letter queue {name} on {sqs.describe()}: {str(err)[:200]}") from None
-
-
-def dlq_depth(sqs: SqsResource) -> tuple[str | None, QueueDepth]:
-    """(DLQ URL or None, its depth); a DLQ that does not exist yet holds nothing."""
-    url = dlq_url(sqs)
-    if url is None:
-        return None, QueueDepth(visible=0, in_flight=0, delayed=0)
-    # A resource for the DLQ itself, so an error names the DLQ rather than the source queue.
-    return url, SqsResource(**{**sqs.model_dump(), "queue_url": url, "dlq_url": None}).depth()
-
-
-@dataclass(frozen=True)
-class QueuePolicy:
-    retention_s: int | None  # MessageRetentionPeriod: how long a message waiting on the queue survives
-    redrive_max_receive_count: int | None  # the queue's own RedrivePolicy, if it has one
-
-
-def queue_policy(sqs: SqsResource) -> QueuePolicy:
-    """The source queue's settings that bound the ack path: its retention and its own redrive limit."""
-    response = sqs._call(
-        "read the queue's retention and redrive policy",
-        sqs.client().get_queue_attributes,
-        QueueUrl=sqs.queue_url,
-        AttributeNames=["MessageRetentionPeriod", "RedrivePolicy"],
-    )
-    attrs = response.get("Attributes", {})
-    try:
-        redrive = int(json.loads(attrs["RedrivePolicy"])["maxReceiveCount"]) if attrs.get("RedrivePolicy") else None
-    except (ValueError, KeyError, TypeError):
-        redrive = None
-    retention = attrs.get("MessageRetentionPeriod")
-    return QueuePolicy(int(retention) if retention else None, redrive)
-
-
-@dataclass(frozen=True)
-class DeadLetterAudit:
-    sampled: int
-    without_rejects_row: int  # dead letters that no rejects row explains (SQS's own redrive moved them)
-
-
-def audit_dead_letters(sqs: SqsResource, url: str, conn: psycopg.Connection, limit: int = 500) -> DeadLetterAudit:
-    """Look at up to `limit` dead letters and count those without a rejects row.
-
-    A pipeline-forwarded dead letter carries `original_message_id`; one SQS moved by its own redrive policy
-    keeps its MessageId. Either way its key must be in `user_logins_rejected`, or the pipeline never saw the
-    message fail (the redrive policy's maxReceiveCount is at or below SQS_MAX_RECEIVE_COUNT). What was
-    looked at is made visible again at once; bodies are not read.
-    """
-    settings = {**sqs.model_dump(), "queue_url": url, "dlq_url": None, "visibility_timeout": 30, "wait_time_seconds": 0}
-    dlq = SqsResource(**settings)
-    seen: dict[str, QueueMessage] = {}
-    while len(seen) < limit:
-        batch = [m for m, _ in dlq.receive_with_attributes(min(10, limit - len(seen))) if m.message_id not in seen]
-        if not batch:
-            break
-        seen |= {m.message_id: m for m in batch}
-    if seen:
-        dlq.change_visibility(list(seen.values()), 0)  # a status call must not hide dead letters
-    keys = sorted({m.key for m in seen.values()})
-    recorded: set[str] = set()
-    if keys and table_columns(conn, "user_logins_rejected"):
-        rows = conn.execute("SELECT message_id FROM user_logins_rejected WHERE message_id = ANY(%s)", (keys,))
-        recorded = {str(row[0]) for row in rows.fetchall()}
-    return DeadLetterAudit(len(seen), sum(1 for m in seen.values() if m.key not in recorded))
+def recorded_rejects(conn: psycopg.Connection, keys: Sequence[str]) -> set[str]:
+    """Which of `keys` (original MessageIds) have a row in user_logins_rejected (none when it is missing)."""
+    if not keys or not table_columns(conn, "user_logins_rejected"):
+        return set()
+    rows = conn.execute("SELECT message_id FROM user_logins_rejected WHERE message_id = ANY(%s)", (list(keys),))
+    return {str(row[0]) for row in rows.fetchall()}

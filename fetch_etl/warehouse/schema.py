@@ -1,5 +1,11 @@
 """The warehouse schema fetch-etl needs, and a migration that reads the catalog first and changes only what is missing.
 
+The one spec of each table is its `Table` of `Column`s below: the reference DDL, the columns the migration
+adds, the load's column lists and staging table (load.py), the UI's TableSchema and descriptions
+(defs/metadata.py), the checks' token and required columns (probes.py) and the parser's varchar limits
+(logins/records.py) are all derived from it. Adding a column is one `Column(...)` here, plus, for a value
+taken from the message body, where it is parsed (logins/records.py) and put in the frame (logins/frame.py).
+
 `user_logins` may already exist exactly as the reference image creates it; we only add what the pipeline
 needs (idempotency key, raw version, load time, key id) and never change existing columns. DDL takes
 strong locks (ADD COLUMN and CREATE OR REPLACE VIEW take ACCESS EXCLUSIVE, even when they change nothing),
@@ -13,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import psycopg
 
@@ -24,67 +31,165 @@ MIGRATION_ATTEMPTS = 3
 RETRY_PAUSE_SECONDS = 1.0
 MIGRATION_LOCK_WAIT_SECONDS = 30.0  # another process migrating the same database
 
-# The reference DDL, verbatim: created only when the table is missing.
-USER_LOGINS_DDL = """
-CREATE TABLE IF NOT EXISTS user_logins(
-    user_id             varchar(128),
-    device_type         varchar(32),
-    masked_ip           varchar(256),
-    masked_device_id    varchar(256),
-    locale              varchar(32),
-    app_version         integer,
-    create_date         date
-)"""
+Origin = Literal["created", "added"]
+
+CREATED: Origin = "created"
+ADDED: Origin = "added"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a fetch-etl table: the one place its name, type and meaning are written down.
+
+    `sql_type` is spelled as the DDL writes it (varchar(32), timestamptz); `catalog_type` is how PostgreSQL's
+    format_type() reports it, which is what the UI and the live-table test compare. `origin` says how the
+    column comes to exist: CREATED columns make up the table's CREATE TABLE (for user_logins, exactly the
+    reference DDL, so a table the reference image made is already "created"), ADDED ones are nullable columns
+    fetch-etl's migration adds when missing and never changes afterwards.
+    """
+
+    name: str
+    sql_type: str
+    description: str
+    origin: Origin = ADDED
+    constraint: str = ""  # after the type in CREATE TABLE: NOT NULL, PRIMARY KEY, a DEFAULT (CREATED only)
+    written: bool = True  # the load writes it from the frame; False: set in SQL (loaded_at, the ack columns)
+    token: bool = False  # holds a keyed token (checked for a known shape, shortened in previews)
+    required: bool = False  # never NULL in a row fetch-etl loaded (the required_columns_not_null check)
+
+    @property
+    def max_chars(self) -> int | None:
+        """n of varchar(n): the most characters a value may have (bytes on a SQL_ASCII server); else None."""
+        return (
+            int(self.sql_type.removeprefix("varchar(").removesuffix(")"))
+            if self.sql_type.startswith("varchar(")
+            else None
+        )
+
+    @property
+    def not_null(self) -> bool:
+        return "NOT NULL" in self.constraint or "PRIMARY KEY" in self.constraint
+
+    @property
+    def catalog_type(self) -> str:
+        """The type as format_type() names it: varchar(n) is character varying(n), timestamptz is spelled out."""
+        if self.sql_type.startswith("varchar("):
+            return "character varying" + self.sql_type.removeprefix("varchar")
+        return {"timestamptz": "timestamp with time zone"}.get(self.sql_type, self.sql_type)
 
 
 @dataclass(frozen=True)
 class Table:
-    """A table: the DDL that creates it when missing, and the nullable columns added to it when missing."""
+    """A table: its columns, in table order; the CREATE TABLE and the added columns are derived from them."""
 
     name: str
-    create: str
-    added: tuple[tuple[str, str], ...] = ()  # (column, SQL type), never part of `create`
+    columns: tuple[Column, ...]
+    key: str = ""  # the column that identifies a row (the SQS MessageId); first in `written`
+
+    @property
+    def create(self) -> str:
+        """CREATE TABLE IF NOT EXISTS with the CREATED columns (for user_logins: the reference DDL, verbatim)."""
+        lines = [f"    {c.name:<19} {c.sql_type} {c.constraint}".rstrip() for c in self.columns if c.origin == CREATED]
+        return f"\nCREATE TABLE IF NOT EXISTS {self.name}(\n" + ",\n".join(lines) + "\n)"
+
+    @property
+    def added(self) -> tuple[tuple[str, str], ...]:
+        """(column, SQL type) of the ADDED columns: never part of `create`, added by the migration when missing."""
+        return tuple((c.name, c.sql_type) for c in self.columns if c.origin == ADDED)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def written(self) -> tuple[str, ...]:
+        """The columns a load writes from the frame (the COPY / INSERT column list): the key, then table order."""
+        names = [c.name for c in self.columns if c.written]
+        return tuple(sorted(names, key=lambda name: name != self.key))  # stable: only the key moves
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
 
 
-TABLES: tuple[Table, ...] = (
-    Table(
-        "user_logins",
-        USER_LOGINS_DDL,
-        (("message_id", "text"), ("app_version_raw", "text"), ("loaded_at", "timestamptz"), ("mask_key_id", "text")),
-    ),
-    Table(
-        "fetch_etl_mask_keys",
-        """
-    CREATE TABLE IF NOT EXISTS fetch_etl_mask_keys(
-        key_id         text PRIMARY KEY,
-        mode           text NOT NULL,
-        first_used_at  timestamptz NOT NULL DEFAULT now(),
-        retired_at     timestamptz
-    )""",
-    ),
-    Table(
-        "user_logins_rejected",
-        """
-    CREATE TABLE IF NOT EXISTS user_logins_rejected(
-        message_id        text PRIMARY KEY,
-        reason_code       text NOT NULL,
-        reason            text NOT NULL,
-        received_at       timestamptz NOT NULL,
-        dead_lettered_at  timestamptz
-    )""",
-        (
-            # Rejects keep tokens of their ip/device_id when those were usable strings (never clear values).
-            ("masked_ip", "varchar(256)"),
-            ("masked_device_id", "varchar(256)"),
-            ("mask_key_id", "text"),
-            # The ack path (docs/reliability.md): why a dead-letter forward failed, when the message was
-            # sent (for the time left before the queue's retention drops it), its latest redrive.
-            ("dead_letter_error", "text"),
-            ("sent_at", "timestamptz"),
-            ("redriven_at", "timestamptz"),
+USER_LOGINS = Table(
+    "user_logins",
+    (
+        Column("user_id", "varchar(128)", "The user who logged in, as sent.", CREATED, required=True),
+        Column("device_type", "varchar(32)", "Device type as sent (android, ios, ...).", CREATED),
+        Column(
+            "masked_ip",
+            "varchar(256)",
+            "Keyed token of the canonical IP address; equal IPs, equal tokens.",
+            CREATED,
+            token=True,
+            required=True,
         ),
+        Column(
+            "masked_device_id",
+            "varchar(256)",
+            "Keyed token of the device id; equal ids, equal tokens.",
+            CREATED,
+            token=True,
+            required=True,
+        ),
+        Column("locale", "varchar(32)", "Locale as sent; NULL when absent or null.", CREATED),
+        Column(
+            "app_version",
+            "integer",
+            "major·1,000,000 + minor·1,000 + patch: distinct versions never collide.",
+            CREATED,
+            required=True,
+        ),
+        Column(
+            "create_date", "date", "UTC date of the message's SQS SentTimestamp (the body has no timestamp).", CREATED
+        ),
+        Column("message_id", "text", "SQS MessageId: the idempotency key (unique); NULL only on legacy rows."),
+        Column("app_version_raw", "text", "app_version exactly as sent, e.g. 2.3.0, 0.96 or 3.7."),
+        Column("loaded_at", "timestamptz", "When fetch-etl's load transaction inserted the row.", written=False),
+        Column("mask_key_id", "text", "Short fingerprint of the masking key that made the tokens (never the key)."),
+    ),
+    key="message_id",
+)
+
+MASK_KEYS = Table(
+    "fetch_etl_mask_keys",
+    (
+        Column("key_id", "text", "Fingerprint of a masking key (never the key).", CREATED, "PRIMARY KEY"),
+        Column("mode", "text", "The masking mode the key was used with.", CREATED, "NOT NULL"),
+        Column(
+            "first_used_at", "timestamptz", "When a run first masked with the key.", CREATED, "NOT NULL DEFAULT now()"
+        ),
+        Column("retired_at", "timestamptz", "When `fetch-etl rotate-key` retired it; NULL while current.", CREATED),
     ),
 )
+
+USER_LOGINS_REJECTED = Table(
+    "user_logins_rejected",
+    (
+        Column("message_id", "text", "The rejected message's original SQS MessageId.", CREATED, "PRIMARY KEY"),
+        Column("reason_code", "text", "Why the message was rejected (e.g. invalid_json).", CREATED, "NOT NULL"),
+        Column("reason", "text", "A readable sentence saying why; never quotes a field value.", CREATED, "NOT NULL"),
+        Column("received_at", "timestamptz", "When the run that rejected it received it.", CREATED, "NOT NULL"),
+        Column(
+            "dead_lettered_at", "timestamptz", "When its copy reached the dead-letter queue.", CREATED, written=False
+        ),
+        # Rejects keep tokens of their ip/device_id when those were usable strings (never clear values).
+        Column("masked_ip", "varchar(256)", "Token of the message's ip, when it was a usable string.", token=True),
+        Column("masked_device_id", "varchar(256)", "Token of its device_id, when it was a usable string.", token=True),
+        Column("mask_key_id", "text", "Fingerprint of the masking key that made those tokens."),
+        # The ack path (docs/reliability.md): why a dead-letter forward failed, when the message was sent
+        # (for the time left before the queue's retention drops it), its latest redrive.
+        Column("dead_letter_error", "text", "Why the dead-letter queue refused its copy (an SQS code).", written=False),
+        Column("sent_at", "timestamptz", "SQS's SentTimestamp of the original message."),
+        Column("redriven_at", "timestamptz", "When `fetch-etl redrive` sent the copy evaluated last."),
+    ),
+    key="message_id",
+)
+
+TABLES: tuple[Table, ...] = (USER_LOGINS, MASK_KEYS, USER_LOGINS_REJECTED)
+
+# The reference DDL: created only when the table is missing (compose_probe prints it for the stand-in image).
+USER_LOGINS_DDL = USER_LOGINS.create
 
 # (index name, table, DDL)
 INDEXES: tuple[tuple[str, str, str], ...] = (
@@ -110,7 +215,7 @@ VIEWS: tuple[tuple[str, str], ...] = tuple(
     FROM user_logins WHERE {column} IS NOT NULL
     GROUP BY {column} HAVING count(*) > 1""",
     )
-    for name, column in (("ips", "masked_ip"), ("devices", "masked_device_id"))
+    for name, column in (("ips", "masked_ip"), ("devices", "masked_device_id"))  # the public view names
 )
 
 

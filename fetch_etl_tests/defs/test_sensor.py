@@ -245,7 +245,7 @@ def test_no_request_once_the_active_runs_cover_the_backlog(
     assert all(run.run_id in message for run in active)
 
 
-def test_runs_wanted_is_ceil_of_depth_over_batch_capped() -> None:
+def test_runs_wanted_is_ceil_of_depth_over_per_run_capped() -> None:
     assert [runs_wanted(depth, 10, 4) for depth in (1, 10, 11, 25, 40, 41, 10_000)] == [1, 1, 2, 3, 4, 4, 4]
     assert runs_wanted(25, 10, 1) == 1
 

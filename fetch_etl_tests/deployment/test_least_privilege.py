@@ -23,7 +23,7 @@ from fetch_etl.logins.frame import loadable, mask_messages, rejected
 from fetch_etl.logins.masking import HmacMasker
 from fetch_etl.queue.messages import QueueMessage
 from fetch_etl.warehouse import probes
-from fetch_etl.warehouse.load import load_batch
+from fetch_etl.warehouse.load import load_run
 from fetch_etl.warehouse.resource import PostgresResource
 from fetch_etl.warehouse.schema import USER_LOGINS_DDL
 from fetch_etl_tests.helpers import (
@@ -145,7 +145,7 @@ def test_a_least_privilege_role_runs_after_the_owner_migrates(
     messages.append(QueueMessage("new-one", "h", login_body(user_id="d"), "1700000000000", 1))
     frame = mask_messages(messages, HmacMasker(bytes.fromhex(TEST_KEY_HEX)))
     with PostgresResource(database_url=role_url).connect() as conn:
-        merged = load_batch(conn, loadable(frame), rejected(frame))
+        merged = load_run(conn, loadable(frame), rejected(frame))
     assert (merged.path, merged.inserted, merged.already_present) == ("merge", 1, 1)
 
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fetch_etl.logins.frame import (
-    BATCH_COLUMNS,
+    FRAME_COLUMNS,
     STATUS_LOADABLE,
     STATUS_REJECTED,
     loadable,
@@ -115,7 +115,7 @@ def by_id(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
 
 def test_one_row_per_message_with_the_batch_columns(frame: pd.DataFrame) -> None:
-    assert list(frame.columns) == list(BATCH_COLUMNS)
+    assert list(frame.columns) == list(FRAME_COLUMNS)
     assert len(frame) == len(MESSAGES)
     assert sorted(frame["message_id"]) == sorted(m.message_id for m in MESSAGES)
     assert set(frame["status"]) == {STATUS_LOADABLE, STATUS_REJECTED}
@@ -220,7 +220,7 @@ def test_unparsed_ips_counts_only_valid_logins(masker: HmacMasker) -> None:
 def test_empty_batch(masker: HmacMasker) -> None:
     frame = mask_messages([], masker)
     assert frame.empty
-    assert list(frame.columns) == list(BATCH_COLUMNS)
+    assert list(frame.columns) == list(FRAME_COLUMNS)
     assert frame.attrs["unparsed_ips"] == 0
     result = stats(frame)
     assert (result.loadable, result.rejected, result.rejected_by_reason, result.unparsed_ips) == (0, 0, {}, 0)
@@ -229,7 +229,7 @@ def test_empty_batch(masker: HmacMasker) -> None:
 
 def test_all_rejected_batch(masker: HmacMasker) -> None:
     frame = mask_messages([message("a", "nope"), message("b", "{}")], masker, now=NOW)
-    assert list(frame.columns) == list(BATCH_COLUMNS)
+    assert list(frame.columns) == list(FRAME_COLUMNS)
     assert loadable(frame).empty
     assert list(rejected(frame)["reason_code"]) == ["invalid_json", "not_a_login"]
     assert stats(frame).loadable == 0
@@ -237,7 +237,7 @@ def test_all_rejected_batch(masker: HmacMasker) -> None:
 
 def test_all_valid_batch(masker: HmacMasker) -> None:
     frame = mask_messages([message("a", login()), message("b", login(ip=IP_4))], masker, now=NOW)
-    assert list(frame.columns) == list(BATCH_COLUMNS)
+    assert list(frame.columns) == list(FRAME_COLUMNS)
     assert rejected(frame).empty
     assert frame["reason_code"].isna().all()
     assert list(frame["masked_ip"]) == [masker.mask(IP_1), masker.mask(IP_4)]
@@ -287,7 +287,7 @@ def test_any_batch_has_one_row_per_message_and_no_clear_values(bodies: list[str]
     masker = HmacMasker(KEY)
     messages = [message(f"m{i}", b) for i, b in enumerate(bodies)]
     frame = mask_messages(messages, masker, now=NOW)
-    assert list(frame.columns) == list(BATCH_COLUMNS)
+    assert list(frame.columns) == list(FRAME_COLUMNS)
     assert list(frame["message_id"]).count("m0") == (1 if bodies else 0)
     assert sorted(frame["message_id"]) == sorted(m.message_id for m in messages)
     assert set(frame["status"]) <= {STATUS_LOADABLE, STATUS_REJECTED}

@@ -123,7 +123,7 @@ def test_rotate_key_rekeys_a_100k_row_table(database_url: str) -> None:
     rotated = time.perf_counter()
 
     assert result.rekeyed == {"user_logins": 100_000, "user_logins_rejected": 500}
-    assert result.batches == 20 + 1
+    assert result.pages == 20 + 1
     assert result.complete and result.hmac_rows == {"user_logins": 0, "user_logins_rejected": 0}
     assert _assert_rows_decrypt(database_url, originals, only=NEW) == {NEW.key_id: 100_500}
     assert _duplicate_shape(database_url) == shape and len(shape) > 1000
@@ -143,19 +143,19 @@ def test_an_interrupted_rotation_finishes_when_run_again(database_url: str) -> N
 
     def crash_after_three(progress: pii_admin.RotationProgress) -> None:
         seen.append(progress)
-        if progress.batch == 3:
+        if progress.page == 3:
             raise Interrupted
 
     with PostgresResource(database_url=database_url).connect() as conn, pytest.raises(Interrupted):
-        pii_admin.rotate_key(conn, OLD, NEW, batch_size=300, on_batch=crash_after_three)
+        pii_admin.rotate_key(conn, OLD, NEW, page_size=300, on_page=crash_after_three)
 
-    assert [(p.table, p.batch, p.rekeyed) for p in seen] == [("user_logins", n, 300 * n) for n in (1, 2, 3)]
+    assert [(p.table, p.page, p.rekeyed) for p in seen] == [("user_logins", n, 300 * n) for n in (1, 2, 3)]
     assert seen[-1].last_message_id == "m-0000899"
     assert _assert_rows_decrypt(database_url, originals) == {NEW.key_id: 900, OLD.key_id: 1_200}
 
     with PostgresResource(database_url=database_url).connect() as conn:
-        resumed = pii_admin.rotate_key(conn, OLD, NEW, batch_size=300)
-        again = pii_admin.rotate_key(conn, OLD, NEW, batch_size=300)
+        resumed = pii_admin.rotate_key(conn, OLD, NEW, page_size=300)
+        again = pii_admin.rotate_key(conn, OLD, NEW, page_size=300)
 
     assert resumed.rekeyed == {"user_logins": 1_100, "user_logins_rejected": 100}
     assert resumed.complete
@@ -163,21 +163,21 @@ def test_an_interrupted_rotation_finishes_when_run_again(database_url: str) -> N
     assert again.rekeyed == {"user_logins": 0, "user_logins_rejected": 0} and again.complete
 
 
-def test_a_row_that_does_not_decrypt_stops_the_run_and_rolls_back_only_its_batch(database_url: str) -> None:
+def test_a_row_that_does_not_decrypt_stops_the_run_and_rolls_back_only_its_page(database_url: str) -> None:
     originals = _fill(database_url, OLD, 1_000)
-    bad = "m-0000650"  # in the fourth batch of 200
+    bad = "m-0000650"  # in the fourth page of 200
     execute(database_url, "UPDATE user_logins SET masked_ip = left(masked_ip, -1) WHERE message_id = %s", (bad,))
 
     with PostgresResource(database_url=database_url).connect() as conn:
         with pytest.raises(pii_admin.PiiAdminError, match=f"user_logins row {bad}: .*600 rows re-keyed") as err:
-            pii_admin.rotate_key(conn, OLD, NEW, batch_size=200)
+            pii_admin.rotate_key(conn, OLD, NEW, page_size=200)
         ip, device = originals[bad]
         assert ip not in str(err.value) and device not in str(err.value)
         keys = dict(conn.execute("SELECT mask_key_id, count(*) FROM user_logins GROUP BY 1").fetchall())
-        assert keys == {NEW.key_id: 600, OLD.key_id: 400}, "batches 1-3 committed; batch 4 rolled back whole"
+        assert keys == {NEW.key_id: 600, OLD.key_id: 400}, "pages 1-3 committed; page 4 rolled back whole"
 
         conn.execute("DELETE FROM user_logins WHERE message_id = %s", (bad,))
-        resumed = pii_admin.rotate_key(conn, OLD, NEW, batch_size=200)
+        resumed = pii_admin.rotate_key(conn, OLD, NEW, page_size=200)
     assert resumed.rekeyed["user_logins"] == 399 and resumed.complete
     del originals[bad]
     assert _assert_rows_decrypt(database_url, originals, only=NEW) == {NEW.key_id: 999}
@@ -244,7 +244,7 @@ def test_rotate_key_command(database_url: str, tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "| user_logins          |           1200 |" in result.stdout
-    assert "1230 rows in 4 batches" in result.stdout
+    assert "1230 rows in 4 pages" in result.stdout
     assert f"from key {OLD.key_id} to key {NEW.key_id}" in result.stderr
     assert OLD_KEY.hex() not in result.stderr + result.stdout and NEW_KEY.hex() not in result.stderr + result.stdout
     assert _assert_rows_decrypt(database_url, originals, only=NEW) == {NEW.key_id: 1_230}

@@ -12,7 +12,7 @@ from fetch_etl.local.synthetic import generate_bodies
 from fetch_etl.logins import frame as login_frame
 from fetch_etl.logins.masking import HmacMasker
 from fetch_etl.queue import ack
-from fetch_etl.warehouse.load import load_batch, migrate
+from fetch_etl.warehouse.load import load_run, migrate
 from fetch_etl_tests.helpers import FOO_BAR, drain, queue_counts, send, sqs_resource
 
 MASKER = HmacMasker(bytes(range(32)))
@@ -28,7 +28,7 @@ def test_acknowledge_run_forwards_rejects_deletes_the_durable_and_releases_the_r
     frame = login_frame.mask_messages(received, MASKER)
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrate(conn)
-        load = load_batch(conn, login_frame.loadable(frame), login_frame.rejected(frame))
+        load = load_run(conn, login_frame.loadable(frame), login_frame.rejected(frame))
         done = ack.acknowledge_run(conn, sqs, frame, load, received)
         (sent_at,) = conn.execute("SELECT dead_lettered_at FROM user_logins_rejected").fetchone() or (None,)
 
@@ -48,7 +48,7 @@ def test_acknowledge_run_keeps_what_is_not_durable_for_redelivery(
     frame = login_frame.mask_messages(received, MASKER)
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrate(conn)
-        nothing = load_batch(conn, login_frame.loadable(frame).head(0), login_frame.rejected(frame).head(0))
+        nothing = load_run(conn, login_frame.loadable(frame).head(0), login_frame.rejected(frame).head(0))
         done = ack.acknowledge_run(conn, sqs, frame.head(0), nothing, received)
 
     assert (done.deleted, done.forwarding.forwarded) == (0, [])

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from fetch_etl.logins.frame import loadable, mask_messages, rejected
 from fetch_etl.logins.masking import HmacMasker
 from fetch_etl.queue.messages import QueueMessage
-from fetch_etl.warehouse.load import load_batch, migrate
+from fetch_etl.warehouse.load import load_run, migrate
 
 MIN_BODIES = 10_000
 BATCHES = 260
@@ -259,7 +259,7 @@ def test_fuzzed_bodies_are_each_loaded_or_rejected_exactly_once(database_url: st
             conn.execute("TRUNCATE user_logins, user_logins_rejected")
             messages = [QueueMessage(f"fuzz-{i}", "handle", body, str(_sent_ms(i)), 1) for i, body in enumerate(bodies)]
             frame = mask_messages(messages, MASKER)
-            load_batch(conn, loadable(frame), rejected(frame))
+            load_run(conn, loadable(frame), rejected(frame))
             loaded, refused = _check_batch(conn, bodies)
             totals["bodies"] += len(bodies)
             totals["loaded"] += loaded

@@ -39,7 +39,7 @@ def test_a_run_slower_than_the_visibility_timeout_keeps_its_messages_invisible(
 ) -> None:
     valid, rejected = seed_batch(sqs_client, queue_urls.queue_url, valid=20)
     observed: list[tuple[int, int]] = []
-    original_load: Callable[..., Any] = assets.load_batch
+    original_load: Callable[..., Any] = assets.load_run
 
     def slow_load(*args: Any, **kwargs: Any) -> Any:
         deadline = time.monotonic() + 7  # three and a half visibility timeouts of 2 s
@@ -48,7 +48,7 @@ def test_a_run_slower_than_the_visibility_timeout_keeps_its_messages_invisible(
             time.sleep(0.5)
         return original_load(*args, **kwargs)
 
-    monkeypatch.setattr(assets, "load_batch", slow_load)
+    monkeypatch.setattr(assets, "load_run", slow_load)
     sqs = sqs_resource(sqs_endpoint, queue_urls, visibility_timeout=2)
     meta = metadata(run_pipeline(resources(sqs_endpoint, queue_urls, database_url, sqs=sqs)))
 

@@ -1,4 +1,4 @@
-"""warehouse.load_batch on real PostgreSQL: the COPY fast path, the merge path on redelivery, and what both store."""
+"""warehouse.load_run on real PostgreSQL: the COPY fast path, the merge path on redelivery, and what both store."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import psycopg
 from fetch_etl.logins.frame import loadable, mask_messages, rejected
 from fetch_etl.logins.masking import HmacMasker
 from fetch_etl.queue.messages import QueueMessage
-from fetch_etl.warehouse.load import LOGIN_COLUMNS, load_batch, migrate
+from fetch_etl.warehouse.load import LOGIN_COLUMNS, load_run, migrate
 from fetch_etl_tests.helpers import FOO_BAR, TEST_KEY_HEX, login_body
 
 MASKER = HmacMasker(bytes.fromhex(TEST_KEY_HEX))
@@ -40,7 +40,7 @@ def test_a_new_batch_takes_the_copy_path_and_stores_every_column(database_url: s
     frame = _frame([f"m{i:03}" for i in range(50)], locale=None)
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrate(conn)
-        result = load_batch(conn, loadable(frame), rejected(frame))
+        result = load_run(conn, loadable(frame), rejected(frame))
         stored = _stored(conn)
         now = conn.execute("SELECT now()").fetchone()
     assert (result.path, result.inserted, result.already_present) == ("copy", 50, 0)
@@ -55,9 +55,9 @@ def test_a_redelivered_batch_falls_back_to_merge_and_inserts_only_the_new_rows(d
     mixed = _frame([f"m{i:03}" for i in range(20, 60)])  # 10 already loaded, 30 new
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrate(conn)
-        load_batch(conn, loadable(first), rejected(first))
-        result = load_batch(conn, loadable(mixed), rejected(mixed))
-        again = load_batch(conn, loadable(mixed), rejected(mixed))
+        load_run(conn, loadable(first), rejected(first))
+        result = load_run(conn, loadable(mixed), rejected(mixed))
+        again = load_run(conn, loadable(mixed), rejected(mixed))
         count = conn.execute("SELECT count(*), count(DISTINCT message_id) FROM user_logins").fetchone()
     assert (result.path, result.inserted, result.already_present) == ("merge", 30, 10)
     assert (again.path, again.inserted, again.already_present) == ("merge", 0, 40)
@@ -68,7 +68,7 @@ def test_a_message_twice_in_one_batch_is_stored_once(database_url: str) -> None:
     frame = _frame(["dup", "dup", "other"])
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrate(conn)
-        result = load_batch(conn, loadable(frame), rejected(frame))
+        result = load_run(conn, loadable(frame), rejected(frame))
         ids = [row[0] for row in conn.execute("SELECT message_id FROM user_logins ORDER BY 1").fetchall()]
     assert (result.path, result.inserted, result.already_present) == ("copy", 2, 1)
     assert ids == ["dup", "other"]
@@ -82,7 +82,7 @@ def test_rejects_are_recorded_beside_a_copied_batch_in_the_same_transaction(data
     frame = mask_messages(messages, MASKER)
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrate(conn)
-        result = load_batch(conn, loadable(frame), rejected(frame))
+        result = load_run(conn, loadable(frame), rejected(frame))
         reasons = conn.execute("SELECT message_id, reason_code FROM user_logins_rejected").fetchall()
     assert (result.path, result.inserted, result.rejects_recorded, result.superseded) == ("copy", 1, 1, [])
     assert reasons == [("bad", "not_a_login")]
@@ -110,7 +110,7 @@ def test_a_concurrent_load_of_the_same_message_waits_then_merges(database_url: s
 
         def load() -> None:
             with psycopg.connect(database_url, autocommit=True) as conn:
-                outcome["result"] = load_batch(conn, loadable(ours), rejected(ours))
+                outcome["result"] = load_run(conn, loadable(ours), rejected(ours))
 
         worker = threading.Thread(target=load)
         worker.start()

@@ -57,7 +57,7 @@ def test_a_run_passing_the_key_check_does_not_make_rotate_key_fail(database_url:
         try:
             with _connect(database_url) as conn:
                 outcome["result"] = pii_admin.rotate_key(
-                    conn, OLD, NEW, batch_size=100, on_batch=lambda _: rekeying.set()
+                    conn, OLD, NEW, page_size=100, on_page=lambda _: rekeying.set()
                 )
         except Exception as err:  # reported by the assertion below
             outcome["error"] = err
@@ -79,13 +79,13 @@ def test_a_key_check_during_a_rotation_waits_then_says_a_rotation_is_running(dat
     started, proceed = threading.Event(), threading.Event()
     outcome: dict[str, Any] = {}
 
-    def on_batch(progress: pii_admin.RotationProgress) -> None:
+    def on_page(progress: pii_admin.RotationProgress) -> None:
         started.set()
         proceed.wait(timeout=60)
 
     def rotate() -> None:
         with _connect(database_url) as conn:
-            outcome["result"] = pii_admin.rotate_key(conn, OLD, NEW, batch_size=100, on_batch=on_batch)
+            outcome["result"] = pii_admin.rotate_key(conn, OLD, NEW, page_size=100, on_page=on_page)
 
     worker = threading.Thread(target=rotate)
     worker.start()
