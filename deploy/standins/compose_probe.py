@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -258,7 +259,7 @@ def _latency_sample(i: int, body: str, pause: float, conn: Any, endpoint: str, i
 def latency(argv: list[str]) -> None:
     from tabulate import tabulate
 
-    from benchmarks.sensor_latency import COMPONENTS, summarize, table
+    from benchmarks.sensor_latency import COMPONENTS, sensor_ticks, summarize, table
 
     parser = argparse.ArgumentParser(prog="compose_probe.py latency")
     parser.add_argument("warehouse")
@@ -283,6 +284,8 @@ def latency(argv: list[str]) -> None:
             )
             samples.append(sample)
             print(f"  sample {i}: enqueue -> row visible {sample['enqueue_to_visible']:.2f} s", file=sys.stderr)
+        ticks = sorted(t.timestamp for t in sensor_ticks(instance)) if instance else []
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(ticks)]
     options = [("DAGSTER_DB" if prev == "--dagster-db" else arg) for prev, arg in zip(["", *argv], argv, strict=False)]
     options = options[2:]  # the URLs (and the storage password) stay out of the record
     totals = [s["enqueue_to_visible"] for s in samples]
@@ -299,6 +302,8 @@ def latency(argv: list[str]) -> None:
             "poll_seconds": POLL_SECONDS,
             "row_timeout_seconds": args.timeout,
             "split": "from dagster-postgres (ticks, run events, metadata)" if instance else "not split",
+            "observed_tick_gap_median_seconds": statistics.median(gaps) if gaps else None,
+            "observed_tick_gaps_seconds": gaps,  # the sensor's last (up to 50) ticks
         },
         "machine": {
             "nproc": len(os.sched_getaffinity(0)),
