@@ -51,7 +51,7 @@ def breakdown(instance: DagsterInstance, run_id: str, sent: float, visible: floa
     assert record is not None
     events: dict[str, float] = {}
     first_receive = step_start = None
-    received = None
+    received = receive_seconds = stopped_by = None
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
         if event is None:
@@ -64,6 +64,8 @@ def breakdown(instance: DagsterInstance, run_id: str, sent: float, visible: floa
             meta = materialization.metadata
             first_receive = entry.timestamp - float(meta["elapsed_seconds"].value)
             received = int(meta["received"].value)
+            receive_seconds = float(meta["elapsed_seconds"].value)
+            stopped_by = meta["receive_stopped_by"].value if "receive_stopped_by" in meta else None
     ticks = sensor_ticks(instance)
     tick_id = record.dagster_run.tags.get("dagster/tick")
     tick = next((t for t in ticks if str(t.tick_id) == tick_id or run_id in t.run_ids), None)
@@ -86,6 +88,8 @@ def breakdown(instance: DagsterInstance, run_id: str, sent: float, visible: floa
     }
     extra = {"run_id": run_id, "status": record.dagster_run.status.value, "ticks_after_send_without_run": missed}
     extra["step_start_to_first_receive"] = round(first_receive - step_start, 3) if step_start else None
+    extra["receive_seconds"] = round(receive_seconds, 3) if receive_seconds is not None else None
+    extra["receive_stopped_by"] = stopped_by  # how the drain ended (the queue counted empty, an empty poll...)
     before = [t.timestamp for t in ticks if t.timestamp <= sent]
     extra["phase_in_interval_s"] = round(sent - max(before), 2) if before else None
     return {**{k: round(v, 3) for k, v in parts.items()}, **extra}
