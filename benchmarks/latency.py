@@ -30,13 +30,13 @@ from typing import Any, NoReturn
 
 import psycopg
 import yaml
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.scheduler.instigation import InstigatorType
+from dagster import DagsterInstance
 from tabulate import tabulate
 
 from benchmarks import report
 from benchmarks.localstack_env import LocalStackServer, ensure_localstack_python, localstack_version, stop_pid
-from fetch_etl.defs.automation import DEFAULT_INTERVAL_SECONDS, INGEST_JOB_NAME
+from benchmarks.sensor_latency import COMPONENTS, breakdown, finished_run, sensor_ticks, summarize, table
+from fetch_etl.defs.automation import DEFAULT_INTERVAL_SECONDS
 from fetch_etl.local.servers import EmbeddedPostgres, _free_port, create_database
 from fetch_etl.local.stack import DEV_DAGSTER_YAML, create_queue_pair, make_sqs_client
 from fetch_etl.local.synthetic import generate_bodies
@@ -46,18 +46,6 @@ RESULTS = Path(__file__).parent / "results"
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 0.05
-FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-# name -> what it measures; consecutive, so they add up to enqueue -> row visible (plus the run's tail)
-COMPONENTS = {
-    "wait_for_tick": "send -> sensor tick that saw it",
-    "tick_to_queued": "tick start -> run enqueued (sensor evaluation, run created)",
-    "dequeue": "run enqueued -> RUN_STARTING (QueuedRunCoordinator dequeue)",
-    "launch": "RUN_STARTING -> run start (execute_run process started by the code server)",
-    "start_to_first_receive": "run start -> first receive (raw_login_messages materialized - its elapsed)",
-    "processing": "first receive -> row visible (receive + empty long poll, mask, load)",
-    "visible_to_run_end": "row visible -> run finished (delete, metadata, teardown)",
-    "enqueue_to_visible": "send -> row visible in user_logins (total, polled every 50 ms)",
-}
 
 
 def _on_sigterm(*_: Any) -> NoReturn:
@@ -103,72 +91,11 @@ def _wait(what: str, done: Any, children: Children, timeout: float, every: float
     raise TimeoutError(f"{what}: not within {timeout:.0f} s (logs in {children.log_dir})")
 
 
-def _sensor_ticks(instance: DagsterInstance) -> list[Any]:
-    """The login_queue_sensor's ticks, newest first ([] before its first tick)."""
-    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-        if state.instigator_name == "login_queue_sensor":
-            return list(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=50))
-    return []
-
-
-def _at(tick: Any) -> float:
-    return float(tick.timestamp)
-
-
 def _row_visible(conn: psycopg.Connection, message_id: str) -> bool:
     try:
         return conn.execute("SELECT 1 FROM user_logins WHERE message_id = %s", (message_id,)).fetchone() is not None
     except psycopg.errors.UndefinedTable:  # the first run creates the table
         return False
-
-
-def _finished_run(instance: DagsterInstance, sent: float) -> str | None:
-    """The newest ingest run created after `sent`, once every such run has finished."""
-    runs = instance.get_runs(RunsFilter(job_name=INGEST_JOB_NAME, created_after=datetime.fromtimestamp(sent, UTC)))
-    return runs[0].run_id if runs and all(r.status in FINISHED for r in runs) else None
-
-
-def _breakdown(instance: DagsterInstance, run_id: str, sent: float, visible: float) -> dict[str, Any]:
-    """Split send -> visible -> run end with the run's tick, events and raw_login_messages metadata."""
-    record = instance.get_run_record_by_id(run_id)
-    assert record is not None
-    events: dict[str, float] = {}
-    first_receive = step_start = None
-    received = None
-    for entry in instance.all_logs(run_id):
-        event = entry.dagster_event
-        if event is None:
-            continue
-        events.setdefault(event.event_type_value, entry.timestamp)
-        if event.event_type == DagsterEventType.STEP_START and entry.step_key == "raw_login_messages":
-            step_start = entry.timestamp
-        materialization = entry.asset_materialization
-        if materialization is not None and materialization.asset_key.path == ["raw_login_messages"]:
-            meta = materialization.metadata
-            first_receive = entry.timestamp - float(meta["elapsed_seconds"].value)
-            received = int(meta["received"].value)
-    tick_id = record.dagster_run.tags.get("dagster/tick")
-    tick = next((t for t in _sensor_ticks(instance) if str(t.tick_id) == tick_id or run_id in t.run_ids), None)
-    tick_at = tick.timestamp if tick else float("nan")
-    earlier = [t for t in _sensor_ticks(instance) if sent < t.timestamp < tick_at]  # ticks that did not start it
-    missed = [f"+{t.timestamp - sent:.1f}s {t.status.value}: {t.skip_reason}" for t in sorted(earlier, key=_at)]
-    queued = events.get(DagsterEventType.RUN_ENQUEUED.value, record.create_timestamp.timestamp())
-    starting = events.get(DagsterEventType.RUN_STARTING.value, queued)
-    started = record.start_time or events[DagsterEventType.RUN_START.value]
-    assert first_receive is not None and received == 1, f"run {run_id} did not receive exactly this message"
-    parts = {
-        "wait_for_tick": tick_at - sent,
-        "tick_to_queued": queued - tick_at,
-        "dequeue": starting - queued,
-        "launch": started - starting,
-        "start_to_first_receive": first_receive - started,
-        "processing": visible - first_receive,
-        "visible_to_run_end": (record.end_time or visible) - visible,
-        "enqueue_to_visible": visible - sent,
-    }
-    extra = {"run_id": run_id, "status": record.dagster_run.status.value, "ticks_after_send_without_run": missed}
-    extra["step_start_to_first_receive"] = round(first_receive - step_start, 3) if step_start else None
-    return {**{k: round(v, 3) for k, v in parts.items()}, **extra}
 
 
 def _sample(
@@ -187,10 +114,8 @@ def _sample(
     message_id = sqs.send_message(QueueUrl=queue_url, MessageBody=body)["MessageId"]
     _wait("row visible", lambda: _row_visible(conn, message_id), children, DEFAULT_INTERVAL_SECONDS + 180, POLL_SECONDS)
     visible = time.time()
-    run_id = _wait("run finished", lambda: _finished_run(instance, sent), children, 300)
-    ticks = [t.timestamp for t in _sensor_ticks(instance) if t.timestamp <= sent]
-    sample = {"sample": number, "pause_before_s": round(pause, 2), **_breakdown(instance, run_id, sent, visible)}
-    sample["phase_in_interval_s"] = round(sent - max(ticks), 2) if ticks else None
+    run_id = _wait("run finished", lambda: finished_run(instance, sent), children, 300)
+    sample = {"sample": number, "pause_before_s": round(pause, 2), **breakdown(instance, run_id, sent, visible)}
     print(f"  sample {number}: enqueue -> visible {sample['enqueue_to_visible']:.2f} s (run {run_id[:8]})", flush=True)
     return sample
 
@@ -236,26 +161,17 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         children.start("daemon", daemon, clean_env(DAGSTER_HOME=str(home)), workdir)
         instance = stack.enter_context(DagsterInstance.from_config(str(home)))
         coordinator = type(instance.run_coordinator).__name__
-        _wait("first sensor tick", lambda: _sensor_ticks(instance), children, interval + 90)
+        _wait("first sensor tick", lambda: sensor_ticks(instance), children, interval + 90)
         print(f"stack up: LocalStack {localstack.endpoint}, sensor every {interval} s, {coordinator}", flush=True)
         conn = stack.enter_context(psycopg.connect(db_url, autocommit=True))
         for i in range(args.samples):
             samples.append(_sample(i + 1, rng.uniform(0, interval), sqs, queues.queue_url, conn, instance, children))
-        tick_times = sorted(t.timestamp for t in _sensor_ticks(instance))
+        tick_times = sorted(t.timestamp for t in sensor_ticks(instance))
         gaps = [b - a for a, b in itertools.pairwise(tick_times)]
         pg_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         machine = report.machine(python, localstack_version(python), pg_version)
-    summary = {
-        name: {
-            "min": round(min(vals), 3),
-            "median": round(statistics.median(vals), 3),
-            "max": round(max(vals), 3),
-        }
-        for name in COMPONENTS
-        if (vals := [s[name] for s in samples if s[name] == s[name]])  # drop NaN (tick not found)
-    }
-    table = [{"component": n, "what": COMPONENTS[n], **summary[n]} for n in COMPONENTS if n in summary]
-    print(tabulate(table, headers="keys", tablefmt="github", floatfmt=".3f"))
+    summary = summarize(samples)
+    print(tabulate(table(summary), headers="keys", tablefmt="github", floatfmt=".3f"))
     observed = round(statistics.median(gaps), 2) if gaps else None
     print(f"sensor interval {interval} s (observed median tick gap {observed} s), {len(samples)} samples")
     payload = {

@@ -1,6 +1,7 @@
 """Issue 18's benchmark in one command: throughput as users run it, the start-up timeline, latency, CPU.
 
     uv run --group bench python -m benchmarks.suite [--quick] [--latency-samples 5] [--localstack-python PATH]
+        [--parts throughput,timeline,latency,compose-latency]
 
 On LocalStack SQS + embedded PostgreSQL (127.0.0.1 only), side by side in one run, for loopback with
 --loopback-n messages and +--delay-ms per queue request with --delayed-n messages: the bare drain (limit),
@@ -9,9 +10,13 @@ the seed-style consumer, fetch-etl in-process (dagster.materialize) and fetch-et
 (SQS_MAX_MESSAGES_PER_RUN = N). Each process run leaves a start-up timeline (benchmarks/timeline.py) and its
 CPU seconds after the first ReceiveMessage, set against the seed-style consumer's on the same queue. Then
 --timeline-runs small runs give the fixed cost of a run, and benchmarks.latency (dagster-daemon + a code
-server, sensor at its default) gives enqueue -> row visible and the timeline of daemon-launched runs.
-Last, `fetch-etl --help`'s wall time. `uptime`'s load averages are recorded before and after each part.
-Writes benchmarks/results/suite-<date>.json and suite.png. --quick: small sizes, 2 latency samples.
+server, sensor at its default) gives enqueue -> row visible and the timeline of daemon-launched runs; the
+compose-latency part measures the same in the Compose deployment with .env.example, where a Docker engine can
+be run here (root, dockerd, docker-compose, debootstrap: deploy/standins/compose-check.sh up to its latency
+step, on stand-in images), and is skipped, saying why, elsewhere. Last, `fetch-etl --help`'s wall time.
+`uptime`'s load averages are recorded before and after each part.
+Writes benchmarks/results/suite-<date>.json and suite.png (and compose-latency-<date>.json when that part
+ran). --quick: small sizes, 2 latency samples.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -139,19 +146,43 @@ def latency(samples: int, localstack_python: str, workdir: Path) -> dict[str, An
     return {"latency": payload, "daemon_launched_runs": runs}
 
 
-def run(args: argparse.Namespace, workdir: Path) -> int:
+def compose_engine() -> str | None:
+    """Why a private Docker engine cannot be run here for compose-check.sh, or None when it can."""
+    missing = [tool for tool in ("dockerd", "docker", "docker-compose", "debootstrap") if not shutil.which(tool)]
+    if missing:
+        return f"not on PATH: {', '.join(missing)} (apt-get install -y docker.io docker-compose debootstrap)"
+    return None if os.geteuid() == 0 else "needs root (a private dockerd, debootstrap)"
+
+
+def compose_latency(samples: int, workdir: Path) -> dict[str, Any]:
+    """deploy/standins/compose-check.sh up to its latency step (COMPOSE_CHECK_LATENCY_ONLY): its JSON."""
+    out = workdir / "compose-latency.json"
+    env = dict(os.environ, COMPOSE_CHECK_LATENCY_ONLY="1", COMPOSE_CHECK_LATENCY_SAMPLES=str(samples))
+    env["COMPOSE_CHECK_LATENCY_JSON"] = str(out)
+    began = time.monotonic()
+    check = subprocess.Popen([str(ROOT / "deploy" / "standins" / "compose-check.sh")], env=env, cwd=ROOT)
+    try:
+        code = check.wait()
+    except KeyboardInterrupt:  # its EXIT trap stops the containers and its dockerd, by PID
+        check.send_signal(signal.SIGTERM)
+        check.wait(timeout=180)
+        raise
+    if code:
+        raise RuntimeError(f"deploy/standins/compose-check.sh exited {code}")
+    payload = json.loads(out.read_text())
+    payload["compose_check_seconds"] = round(time.monotonic() - began, 1)
+    return payload
+
+
+def on_servers(
+    args: argparse.Namespace, parts: set[str], python: str, workdir: Path, loads: dict[str, Any]
+) -> tuple[list[Measurement], list[dict[str, Any]], dict[str, Any]]:
+    """The throughput and timeline parts, on the suite's own LocalStack and embedded PostgreSQL."""
     quick = args.quick
     n_loop = args.loopback_n or (500 if quick else 10_000)
     n_delay = args.delayed_n or (1_000 if quick else 20_000)
-    samples = args.latency_samples if args.latency_samples is not None else (2 if quick else 5)
-    parts = set(args.parts.split(","))
-    samples = samples if "latency" in parts else 0
     settings = [(0.0, n_loop), (args.delay_ms, n_delay)] if args.delay_ms else [(0.0, n_loop)]
     threads, _ = pipeline_receive_parallelism()
-    python = ensure_localstack_python(args.localstack_python)
-    bytecode = {"compiled": [], "note": "--source: left as found"} if args.source else compile_bytecode()
-    started_at = datetime.now(UTC)
-    loads = {"start": load_average()}
     results: list[Measurement] = []
     timelines: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
@@ -184,11 +215,38 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             postgres_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         machine = report.machine(python, localstack_version(python), postgres_version)
     loads["after throughput"] = load_average()
+    return results, timelines, machine
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    quick = args.quick
+    samples = args.latency_samples if args.latency_samples is not None else (2 if quick else 5)
+    parts = set(args.parts.split(","))
+    servers = bool(parts & {"throughput", "timeline"})
+    python = ensure_localstack_python(args.localstack_python) if servers or "latency" in parts else ""
+    bytecode = {"compiled": [], "note": "--source: left as found"} if args.source else compile_bytecode()
+    started_at = datetime.now(UTC)
+    loads = {"start": load_average()}
+    results: list[Measurement] = []
+    timelines: list[dict[str, Any]] = []
+    if servers:
+        results, timelines, machine = on_servers(args, parts, python, workdir, loads)
+    else:
+        machine = {**report.machine(sys.executable, "not used", "not used"), "python_localstack": "not used"}
     daemon: dict[str, Any] = {}
-    if samples:
+    if samples and "latency" in parts:
         print(f"latency: {samples} samples through dagster-daemon + code server", flush=True)
         daemon = latency(samples, python, workdir)
         loads["after latency"] = load_average()
+    compose: dict[str, Any] | None = None
+    if samples and "compose-latency" in parts:
+        if why := compose_engine():
+            print(f"compose-latency: skipped, no Docker engine can be run here: {why}", flush=True)
+            compose = {"skipped": why}
+        else:
+            print(f"compose-latency: {samples} samples in the Compose deployment (compose-check.sh)", flush=True)
+            compose = compose_latency(samples, workdir)
+            loads["after compose-latency"] = load_average()
     help_times = fetch_etl_help()
     payload = {
         "started_at": started_at.isoformat(timespec="seconds"),
@@ -203,7 +261,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             "queue": "LocalStack SQS (host mode, twisted gateway, 127.0.0.1 only), JSON protocol",
             "database": "embedded PostgreSQL (fsync=off, synchronous_commit=off), 127.0.0.1",
             "delay_ms": args.delay_ms,
-            "receive_threads": threads,
+            "receive_threads": pipeline_receive_parallelism()[0],
             "process_run": "dagster asset materialize -m fetch_etl.definitions --select '*' (venv binary, not "
             "through `uv run`), SQS_MAX_MESSAGES_PER_RUN=N, one DAGSTER_HOME kept across runs (sqlite, as "
             "`fetch-etl dev` writes it), clocked spawn -> exit",
@@ -215,6 +273,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         "measurements": [report.measurement_dict(m) for m in results],
         "timeline_runs": timelines,
         "latency": daemon.get("latency"),
+        "compose_latency": compose,
         "daemon_launched_runs": daemon.get("daemon_launched_runs"),
         "fetch_etl_help": help_times,
         "operator_command_imports": operator_imports(),
@@ -224,6 +283,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     date = started_at.strftime("%Y-%m-%d")
     stem = "suite-quick" if quick else f"suite-{date}"
     report.write_json(args.out_dir / f"{stem}.json", payload)
+    if compose and "samples" in compose:
+        report.write_json(args.out_dir / f"compose-latency-{'quick' if quick else date}.json", compose)
     suite_report.write_chart(args.out_dir / f"{'suite-quick' if quick else 'suite'}.png", payload)
     print(f"wrote {args.out_dir}/{stem}.json and the chart")
     return 0
@@ -236,13 +297,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delayed-n", type=int, default=None, help="messages with the delay (default 20000)")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="added per queue request (0: loopback only)")
     parser.add_argument("--timeline-runs", type=int, default=3, help="small process runs for the fixed cost")
-    parser.add_argument("--latency-samples", type=int, default=None, help="default 5 (0 skips the latency part)")
+    parser.add_argument("--latency-samples", type=int, default=None, help="default 5, each latency part (0 skips both)")
     parser.add_argument("--localstack-python", default=None, help="interpreter with localstack-core installed")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument(
         "--source", action="store_true", help="do not byte-compile the venv first (start-up as on a first import)"
     )
-    parser.add_argument("--parts", default="throughput,timeline,latency", help="which parts to run (default all)")
+    parser.add_argument(
+        "--parts",
+        default="throughput,timeline,latency,compose-latency",
+        help="which parts to run (default all; compose-latency is skipped where no Docker engine can be run)",
+    )
     args = parser.parse_args(argv)
     return report.run_in_scratch_dir(run, args, "suite-", ROOT / ".fetch_etl")
 

@@ -45,16 +45,11 @@ def goals(payload: dict[str, Any]) -> list[dict[str, Any]]:
     imports = payload["operator_command_imports"]
     heavy = imports["pandas"] or imports["fetch_etl.defs.assets"]
     out.append(_verdict("2. status/reveal modules import pandas or the assets", float(heavy), not heavy, "no"))
-    summary = (payload.get("latency") or {}).get("summary", {}).get("enqueue_to_visible")
-    value = summary["median"] if summary else None
-    out.append(
-        _verdict(
-            "3. enqueue -> row visible, daemon + code server (median)",
-            value,
-            bool(value and value <= LATENCY_LIMIT),
-            "<= 15 s",
-        )
-    )
+    for where, key in (("Compose, .env.example", "compose_latency"), ("daemon + code server", "latency")):
+        summary = (payload.get(key) or {}).get("summary", {}).get("enqueue_to_visible")
+        value = summary["median"] if summary else None
+        ok = bool(value and value <= LATENCY_LIMIT)
+        out.append(_verdict(f"3. enqueue -> row visible, {where} (median)", value, ok, "<= 15 s"))
     for delay in sorted({m["delay_ms"] for m in payload["measurements"]}):
         fetch, limit = _find(payload, "fetch-etl process", delay), _find(payload, "limit", delay)
         ratio = fetch["messages_per_second"] / limit["messages_per_second"] if fetch and limit else None
@@ -162,7 +157,9 @@ def write_chart(path: Path, payload: dict[str, Any]) -> bool:
     ax.set_title("start-up timeline of one run (median of the runs)", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[1][0]
-    samples = ((payload.get("latency") or {}).get("samples")) or []
+    compose = (payload.get("compose_latency") or {}).get("samples")
+    samples = compose or ((payload.get("latency") or {}).get("samples")) or []
+    where = "the Compose deployment" if compose else "dagster-daemon + code server"
     parts = ["wait_for_tick", "tick_to_queued", "dequeue", "launch", "start_to_first_receive", "processing"]
     bottom = [0.0] * len(samples)
     for part in parts:
@@ -172,7 +169,7 @@ def write_chart(path: Path, payload: dict[str, Any]) -> bool:
     ax.axhline(LATENCY_LIMIT, color="red", linestyle=":", label="goal 3: 15 s")
     ax.set_xlabel("sample")
     ax.set_ylabel("seconds, send -> row visible")
-    ax.set_title("latency through the sensor (dagster-daemon + code server)", fontsize=9)
+    ax.set_title(f"latency through the sensor ({where})", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[1][1]
     bars = []

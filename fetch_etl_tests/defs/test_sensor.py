@@ -22,12 +22,14 @@ from dagster._core.test_utils import create_run_for_test, instance_for_test
 
 from fetch_etl.definitions import defs
 from fetch_etl.defs.automation import (
+    DAEMON_WAKE_SECONDS,
     DEFAULT_INTERVAL_SECONDS,
     INGEST_JOB_NAME,
     INGEST_POOL,
     INGEST_TAGS,
     login_queue_sensor,
     max_parallel_runs,
+    minimum_interval_seconds,
     runs_wanted,
     sensor_interval,
 )
@@ -181,9 +183,16 @@ def test_sensor_is_defined_for_the_ingest_job_with_the_default_interval() -> Non
     assert sensor_def.job_name == INGEST_JOB_NAME
     assert sensor_def.default_status == DefaultSensorStatus.RUNNING
     assert DEFAULT_INTERVAL_SECONDS == 5
-    assert sensor_def.minimum_interval_seconds == sensor_interval() == 5, (
-        "LOGIN_QUEUE_SENSOR_INTERVAL must be unset while the test suite imports fetch_etl"
-    )
+    assert sensor_interval() == 5, "LOGIN_QUEUE_SENSOR_INTERVAL must be unset while the test suite imports fetch_etl"
+    assert sensor_def.minimum_interval_seconds == minimum_interval_seconds(5) == 4
+
+
+def test_minimum_interval_ticks_on_the_daemons_wake() -> None:
+    """Dagster's sensor daemon wakes every 5 s: a multiple of 5 asks one second less, so every wake ticks."""
+    from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
+
+    assert MIN_INTERVAL_LOOP_TIME == DAEMON_WAKE_SECONDS, "Dagster's sensor daemon wakes at another pace now"
+    assert [minimum_interval_seconds(i) for i in (1, 4, 5, 7, 10, 30, 31)] == [1, 4, 4, 7, 9, 29, 31]
 
 
 def test_sensor_interval_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
