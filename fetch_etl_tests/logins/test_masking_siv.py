@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import hmac
+import inspect
 import json
 import os
 import re
@@ -16,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fetch_etl.logins import masking
 from fetch_etl.logins.masking import (
     MASKING_MODES,
     PII_FIELDS,
@@ -184,13 +187,44 @@ def test_a_token_is_bound_to_its_column(value: str) -> None:
         masker.reveal(device_token, "ip")
 
 
+def _masker_wording() -> str:
+    """Every literal of logins/masking.py's source, f-strings rendered with its module constants: the fixed
+    text its errors are made of. A value that is part of it ("siv", say) is no quote when a message has it."""
+    parts: list[str] = []
+    for node in ast.walk(ast.parse(inspect.getsource(masking))):
+        if isinstance(node, ast.JoinedStr):
+            for part in node.values:
+                if isinstance(part, ast.Constant):
+                    parts.append(str(part.value))
+                elif isinstance(part, ast.FormattedValue) and isinstance(part.value, ast.Name):
+                    parts.append(str(getattr(masking, part.value.id, "\x00")))
+                else:
+                    parts.append("\x00")
+            parts.append("\x00")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            parts.append(node.value + "\x00")
+    return "".join(parts)
+
+
+MASKER_WORDING = _masker_wording()
+
+
 def _assert_quiet(err: pytest.ExceptionInfo[TokenError], value: str, token: str) -> None:
     """A failure says what went wrong, but never quotes the value or the token."""
     message = str(err.value)
     assert message.strip()
     assert token not in message and token[len(SIV_PREFIX) :] not in message
-    if len(value) >= 3:
+    if len(value) >= 3 and value not in MASKER_WORDING:
         assert value not in message
+
+
+def test_a_value_that_is_part_of_the_error_wording_is_not_taken_for_a_quote() -> None:
+    """Hypothesis found value='siv': "this is not a fetch-etl siv token" holds it, quoting nothing."""
+    token = SivMasker(KEY).mask("siv", "ip")
+    with pytest.raises(TokenError) as err:
+        SivMasker(KEY).reveal("A" + token[1:], "ip")
+    assert "siv token" in str(err.value) and "siv token" in MASKER_WORDING
+    _assert_quiet(err, "siv", "A" + token[1:])
 
 
 @given(VALUES.filter(lambda v: len(v) >= 3), FIELDS)
