@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from fetch_etl.queue.query import check_query_client, query_session
 
@@ -74,12 +74,23 @@ class AutoProtocolClient:
     The first answer decides: a JSON answer settles on JSON; HTTP 500 (or an XML/HTML answer) to a JSON
     request settles on query, logs one line and repeats that call over query. Connection failures
     decide nothing. Query works on AWS and every LocalStack, so a false alarm costs nothing but the line.
+    Until it is decided, calls go out once, without retries (`probe_client`): retrying the old LocalStack's
+    HTTP 500 with backoff cost every run process ~1.1 s before its first message. A call that fails without
+    deciding is made again by the JSON client, with the configured retries.
     """
 
-    def __init__(self, endpoint_key: str, json_client: Any, make_query_client: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        endpoint_key: str,
+        probe_client: Any,
+        make_json_client: Callable[[], Any],
+        make_query_client: Callable[[], Any],
+    ) -> None:
         self.endpoint_key = endpoint_key
-        self._json = json_client
+        self._probe = probe_client
+        self._make_json_client = make_json_client
         self._make_query_client = make_query_client
+        self._json: Any = None
         self._query: Any = None
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
@@ -93,18 +104,28 @@ class AutoProtocolClient:
                 self._query = self._make_query_client()
             return self._query
 
+    def _json_client(self) -> Any:
+        with _protocol_lock:
+            if self._json is None:
+                self._json = self._make_json_client()
+            return self._json
+
     def _dispatch(self, name: str, kwargs: dict[str, Any]) -> Any:
         learned = _protocol_by_endpoint.get(self.endpoint_key)
         if learned == "query":
             return getattr(self._query_client(), name)(**kwargs)
+        if learned == "json":
+            return getattr(self._json_client(), name)(**kwargs)
         try:
-            response = getattr(self._json, name)(**kwargs)
+            response = getattr(self._probe, name)(**kwargs)
         except ClientError as err:
-            if learned is not None or (signature := legacy_signature(err.response)) is None:
+            if (signature := legacy_signature(err.response)) is None:
                 self._learn("json", None)
-                raise
+                return getattr(self._json_client(), name)(**kwargs)  # its retries, as for any call
+        except BotoCoreError:
+            return getattr(self._json_client(), name)(**kwargs)  # no answer decides nothing
         else:
-            if learned is not None or (signature := legacy_signature(response)) is None:
+            if (signature := legacy_signature(response)) is None:
                 self._learn("json", None)
                 return response
         self._learn("query", f"answered a JSON-protocol {name} request with {signature}")
@@ -130,7 +151,12 @@ def make_client(settings: ClientSettings, protocol: str, endpoint_key: str, regi
         return _json_client(settings, region)
     if protocol == "query":
         return _query_client(settings, region)
-    return AutoProtocolClient(endpoint_key, _json_client(settings, region), lambda: _query_client(settings, region))
+    return AutoProtocolClient(
+        endpoint_key,
+        _json_client(settings, region, max_attempts=1),
+        lambda: _json_client(settings, region),
+        lambda: _query_client(settings, region),
+    )
 
 
 def pool_size(settings: ClientSettings) -> int:
@@ -153,18 +179,21 @@ def _credentials(settings: ClientSettings, session: boto3.session.Session) -> di
     return {k: v for k, v in credentials.items() if v}
 
 
-def _json_client(settings: ClientSettings, region: str) -> Any:
-    return _client(settings, region, boto3.session.Session(profile_name=settings.profile_name))
+def _json_client(settings: ClientSettings, region: str, max_attempts: int | None = None) -> Any:
+    return _client(settings, region, boto3.session.Session(profile_name=settings.profile_name), max_attempts)
 
 
 def _query_client(settings: ClientSettings, region: str) -> Any:
     return check_query_client(_client(settings, region, query_session(settings.profile_name)))
 
 
-def _client(settings: ClientSettings, region: str, session: boto3.session.Session) -> Any:
-    """One SQS client from the resource's settings; the session decides the wire protocol."""
+def _client(
+    settings: ClientSettings, region: str, session: boto3.session.Session, max_attempts: int | None = None
+) -> Any:
+    """One SQS client from the resource's settings (`max_attempts` overrides theirs); the session decides the
+    wire protocol."""
     config = Config(
-        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        retries={"max_attempts": max_attempts or settings.max_attempts, "mode": "standard"},
         max_pool_connections=pool_size(settings),
         connect_timeout=5,
         read_timeout=max(30, settings.wait_time_seconds + 10),

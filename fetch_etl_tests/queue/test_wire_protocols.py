@@ -103,7 +103,10 @@ def test_auto_falls_back_to_query_on_localstack_1_0_4_with_one_line(
         assert proxy.endpoint in fallback[0].getMessage() and "HTTP 500" in fallback[0].getMessage()
         assert sqs.wire_protocol() == "query"
         json_once = proxy.json_requests
-        assert json_once >= 1 and proxy.query_proxied > 10
+        # No JSON call is retried before the protocol is decided: 2 (the calls that went out before the first
+        # answer came back), where botocore's 3 attempts each made it 6 and cost every run process ~1.1 s.
+        assert 1 <= json_once <= 2
+        assert proxy.query_proxied > 10
 
         sqs.depth()  # later calls, even from a new resource in this process, go straight to query
         sqs_resource(proxy.endpoint, via_proxy, protocol="auto").depth()
